@@ -1,0 +1,98 @@
+"""Activation extraction: one hooked forward pass gives the logits and the pooled outputs of named layers.
+
+Conv maps `[N, C, H, W]` become `[N, C]` by global average pooling (`pooling="avg"`) or `[N, C*H*W]`
+(`pooling="flatten"`); vectors stay as they are. Large sets stream, batch by batch, into memory-mapped arrays.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from neuroprint.errors import ConfigError
+from neuroprint.models.classifier import Classifier
+
+Pooling = Literal["avg", "flatten"]
+POOLINGS = ("avg", "flatten")
+
+
+def pool(t: torch.Tensor, pooling: Pooling = "avg") -> torch.Tensor:
+    """Turn a layer output `[N, ...]` into `[N, D]` (differentiable)."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+    if t.ndim == 4 and pooling == "avg":
+        return t.mean(dim=(2, 3))
+    return t.flatten(1)
+
+
+def activations(
+    classifier: Classifier, x: torch.Tensor, layers: Sequence[str] | None = None, pooling: Pooling = "avg"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Differentiable: logits `[N, K]` and pooled activations `{layer: [N, D_layer]}` of one forward pass."""
+    logits, raw = classifier.layer_outputs(x, layers)
+    return logits, {name: pool(out, pooling) for name, out in raw.items()}
+
+
+class Features(dict[str, torch.Tensor]):
+    """`{layer: [N, D]}` activations plus `logits` `[N, K]` of the same inputs."""
+
+    def __init__(self, logits: torch.Tensor, layers: dict[str, torch.Tensor]) -> None:
+        super().__init__(layers)
+        self.logits = logits
+
+    def __len__(self) -> int:  # number of inputs, not of layers
+        return int(self.logits.shape[0])
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.keys())
+
+
+@torch.no_grad()
+def extract(
+    classifier: Classifier,
+    x: torch.Tensor,
+    layers: Sequence[str] | None = None,
+    pooling: Pooling = "avg",
+    batch_size: int = 256,
+    memmap_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Features:
+    """Batched, gradient-free extraction of `activations` over a whole set `x` `[N, C, H, W]`.
+
+    With `memmap_dir`, every layer is written batch by batch into a `.npy` memory map there (for sets that do
+    not fit in memory) and the returned tensors are views of those maps.
+    """
+    classifier.check_input(x)
+    classifier.eval()
+    n = len(x)
+    stores: dict[str, torch.Tensor] = {}
+    logits_out: torch.Tensor | None = None
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="features", disable=not progress, unit="batch"):
+        xb = x[start : start + batch_size].to(classifier.device)
+        logits, acts = activations(classifier, xb, layers, pooling)
+        if logits_out is None:
+            logits_out = _allocate(n, logits.shape[1], "logits", memmap_dir)
+            stores = {k: _allocate(n, v.shape[1], k, memmap_dir) for k, v in acts.items()}
+        logits_out[start : start + len(xb)] = logits.cpu()
+        for k, v in acts.items():
+            stores[k][start : start + len(xb)] = v.cpu()
+    assert logits_out is not None  # x is non-empty (checked above)
+    return Features(logits_out, stores)
+
+
+def _allocate(n: int, d: int, name: str, memmap_dir: str | Path | None) -> torch.Tensor:
+    if memmap_dir is None:
+        return torch.empty(n, d)
+    Path(memmap_dir).mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f"{name.replace('/', '_')}-", suffix=".npy", dir=memmap_dir)
+    with open(fd, "wb"):
+        pass
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    return torch.from_numpy(arr)

@@ -1,0 +1,121 @@
+"""Model zoo: the architectures of the NeuralFP paper (Dathathri et al. 2018, arXiv 1803.03870) and a CIFAR ResNet.
+
+Every model is an `nn.Sequential` of named blocks, so the block names (`conv1`, ..., `fc2`, `logits`) are the
+feature-layer names detectors use.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from neuroprint.errors import ConfigError
+from neuroprint.registry import MODELS
+
+
+def _conv_block(c_in: int, c_out: int, padding: int = 0) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=padding), nn.ReLU(), nn.BatchNorm2d(c_out))
+
+
+def _fc_block(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out))
+
+
+@MODELS.register("mnist-net")
+def mnist_net(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Sequential:
+    """NeuralFP Table 3: 4 x (conv3x3 + ReLU + BN) with two 2x2 max-pools, 2 x (FC 256 + ReLU + BN), FC to logits.
+
+    Input `[N, in_channels, image_size, image_size]`; valid (unpadded) convolutions as in the reference code.
+    """
+    side = ((image_size - 4) // 2 - 4) // 2
+    if side < 1:
+        raise ConfigError(f"image_size must be >= 14 for mnist-net, got {image_size}")
+    return nn.Sequential(
+        OrderedDict(
+            conv1=_conv_block(in_channels, 32),
+            conv2=_conv_block(32, 64),
+            pool1=nn.MaxPool2d(2),
+            conv3=_conv_block(64, 128),
+            conv4=_conv_block(128, 128),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=_fc_block(128 * side * side, 256),
+            fc2=_fc_block(256, 256),
+            logits=nn.Linear(256, num_classes),
+        )
+    )
+
+
+@MODELS.register("cifar-net")
+def cifar_net(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Sequential:
+    """NeuralFP Table 4 (the CIFAR model of Ma et al. 2018): 2 x conv64, pool, 2 x conv128, pool, FC 1024, 512."""
+    side = ((image_size - 4) // 2 - 4) // 2
+    if side < 1:
+        raise ConfigError(f"image_size must be >= 14 for cifar-net, got {image_size}")
+    return nn.Sequential(
+        OrderedDict(
+            conv1=_conv_block(in_channels, 64),
+            conv2=_conv_block(64, 64),
+            pool1=nn.MaxPool2d(2),
+            conv3=_conv_block(64, 128),
+            conv4=_conv_block(128, 128),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=_fc_block(128 * side * side, 1024),
+            fc2=_fc_block(1024, 512),
+            logits=nn.Linear(512, num_classes),
+        )
+    )
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+@MODELS.register("resnet")
+def resnet(depth: int = 20, in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
+    """CIFAR-style ResNet of He et al. 2016 (depth 6n+2, stage widths 16/32/64, global average pooling)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ConfigError(f"resnet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
+    n = (depth - 2) // 6
+    blocks: dict[str, nn.Module] = {
+        "stem": nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+    }
+    c_in = 16
+    for stage, width in enumerate((16, 32, 64), start=1):
+        layers = [_BasicBlock(c_in if i == 0 else width, width, 2 if (i == 0 and stage > 1) else 1) for i in range(n)]
+        blocks[f"stage{stage}"] = nn.Sequential(*layers)
+        c_in = width
+    blocks["pool"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    blocks["logits"] = nn.Linear(64, num_classes)
+    return nn.Sequential(OrderedDict(**blocks))
+
+
+
+@MODELS.register("small-cnn")
+def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequential:
+    """A small CNN for any image size (tests, the `digits` dataset): 2 conv blocks, global pooling, 2 FC layers."""
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU()),
+            conv2=nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU()),
+            pool=nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten()),
+            fc1=nn.Sequential(nn.Linear(8 * width, 64), nn.ReLU()),
+            logits=nn.Linear(64, num_classes),
+        )
+    )

@@ -1,0 +1,46 @@
+"""Name -> factory registries for detectors, attacks, models and datasets (the names used by the API and CLI)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from neuroprint.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A mapping from a public name to a factory; unknown names raise `ConfigError` listing the valid ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ConfigError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = factory
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._entries:
+            raise ConfigError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.available())}")
+        return self._entries[name]
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        return self.get(name)(**kwargs)
+
+    def available(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+DETECTORS: Registry[Any] = Registry("detector")
+ATTACKS: Registry[Any] = Registry("attack")
+MODELS: Registry[Any] = Registry("model")
+DATASETS: Registry[Any] = Registry("dataset")
