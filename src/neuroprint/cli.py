@@ -1,0 +1,171 @@
+"""The `neuroprint` command line: list, train, attack, evaluate, demo.
+
+Every `NeuroprintError` (bad names, bad values, missing or corrupt files) becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neuroprint.errors import ConfigError, NeuroprintError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Detect adversarial inputs with neural fingerprints; evaluate detectors honestly.")
+
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `neuroprint list`)")]
+DataPath = Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz")]
+Seed = Annotated[int, typer.Option(help="random seed (data order, sampling)")]
+
+
+def _dataset_options(data_path: str | None) -> dict[str, object]:
+    return {} if data_path is None else {"path": data_path}
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command("list")
+def list_registered() -> None:
+    """List the registered datasets, models, attacks and detectors."""
+    import neuroprint  # noqa: F401  (registers everything)
+    from neuroprint.registry import ATTACKS, DATASETS, DETECTORS, MODELS
+
+    for title, reg in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS), ("detectors", DETECTORS)):
+        typer.echo(f"{title}: {', '.join(reg.available())}")
+    typer.echo("attacks also accept torchattacks.<Class>:key=value,... and name:key=value,...")
+
+
+@app.command()
+def train(
+    dataset: Dataset = "mnist",
+    data_path: DataPath = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="architecture (see `neuroprint list`)")] = "mnist-net",
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 4,
+    batch_size: Annotated[int, typer.Option(help="batch size")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (x0.1 from --lr-drop-epoch)")] = 1e-3,
+    lr_drop_epoch: Annotated[int, typer.Option(help="0-based epoch from which lr is divided by 10")] = 3,
+    seed: Seed = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint directory to write")] = Path("runs/models/mnist-net"),
+) -> None:
+    """Train a classifier; writes a checkpoint (model.safetensors + model.json)."""
+    from neuroprint.data import load_dataset
+    from neuroprint.models.checkpoint import save_checkpoint, train_model
+    from neuroprint.models.training import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_drop_epoch=lr_drop_epoch, seed=seed)
+    data = load_dataset(dataset, **_dataset_options(data_path))
+    clf, meta = train_model(model, data, config)
+    save_checkpoint(clf, out, meta)
+    typer.echo(f"test accuracy {meta['clean_accuracy']:.4f}; checkpoint written to {out}")
+
+
+@app.command()
+def attack(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="checkpoint directory (neuroprint train)")],
+    attack_spec: Annotated[str, typer.Option("--attack", "-a", help="attack spec, e.g. pgd or pgd:eps=0.1,steps=20")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output path without suffix (.safetensors + .json)")],
+    dataset: Dataset = "mnist",
+    data_path: DataPath = None,
+    split: Annotated[str, typer.Option(help="split to attack: train, val or test")] = "test",
+    n: Annotated[int, typer.Option("--n", help="number of source images (first n of the split)")] = 500,
+    batch_size: Annotated[int, typer.Option(help="attack batch size")] = 256,
+) -> None:
+    """Attack the correctly classified images among the first N of a split; writes an adversarial set."""
+    import torch
+
+    from neuroprint.attacks import build_adversarial_set, make_attack
+    from neuroprint.data import load_dataset
+    from neuroprint.models.checkpoint import load_checkpoint
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"unknown split {split!r}; valid: train, val, test")
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    clf, _ = load_checkpoint(checkpoint)
+    attack_obj = make_attack(attack_spec)
+    part = getattr(load_dataset(dataset, **_dataset_options(data_path)), split)
+    index = torch.arange(min(n, len(part)))
+    adv = build_adversarial_set(clf, attack_obj, part.x[index], part.y[index], source_index=index, split=split,
+                                batch_size=batch_size, progress=True)
+    adv.save(out)
+    ok = adv.success
+    typer.echo(f"{attack_obj.name}: {int(ok.sum())}/{len(ok)} successful ({100 * float(ok.float().mean()):.1f}%); "
+               f"written to {out}.safetensors and {out}.json")
+
+
+@app.command()
+def evaluate(
+    detector: Annotated[list[str], typer.Option("--detector", help="detector name (repeatable)")],
+    attack_specs: Annotated[list[str], typer.Option("--attack", "-a", help="attack spec (repeatable)")],
+    dataset: Dataset = "mnist",
+    data_path: DataPath = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="architecture to train/cache, or a checkpoint dir")] = "mnist-net",
+    fit_attack: Annotated[list[str] | None, typer.Option("--fit-attack", help="fit only on this attack (repeatable); test on all")] = None,
+    n_fit: Annotated[int, typer.Option(help="validation source images (half clean, half attacked)")] = 1000,
+    n_test: Annotated[int, typer.Option(help="test source images (half clean, half attacked)")] = 1000,
+    epochs: Annotated[int, typer.Option(help="training epochs when the model is trained here")] = 4,
+    seed: Seed = 0,
+    out_dir: Annotated[Path, typer.Option(help="where results.md, roc.png and results.json go")] = Path("runs/eval"),
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the JSON record here")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="cache of trained models and adversarial sets")] = Path("runs/cache"),
+) -> None:
+    """Evaluate every detector on every attack with the leakage-free protocol; prints a Markdown table."""
+    from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
+    from neuroprint.evaluation.report import markdown_table, write_outputs
+    from neuroprint.models.training import TrainConfig
+
+    config = EvalConfig(
+        dataset=dataset, dataset_options=_dataset_options(data_path), model=model,
+        train=TrainConfig(epochs=epochs, lr_drop_epoch=min(3, epochs - 1), seed=seed), attacks=attack_specs,
+        detectors=detector, fit_attacks=fit_attack or None, n_fit=n_fit, n_test=n_test, seed=seed,
+        cache_dir=cache_dir,
+    )
+    report = run_evaluation(config, log=_echo)
+    paths = write_outputs(report, out_dir, json_path)
+    typer.echo(markdown_table(report))
+    typer.echo(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option(help="where results go")] = Path("runs/demo"),
+    n: Annotated[int, typer.Option("--n", help="source images per split (half clean, half attacked)")] = 600,
+) -> None:
+    """The main job: real MNIST end to end (train or reuse the model, attack, fit every detector, print the table)."""
+    from neuroprint.detectors import DETECTORS
+    from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
+    from neuroprint.evaluation.report import markdown_table, write_outputs
+
+    start = time.perf_counter()
+    config = EvalConfig(dataset="mnist", model="mnist-net", attacks=["fgsm", "bim-a", "pgd", "deepfool"],
+                        detectors=DETECTORS.available(), n_fit=n, n_test=n)
+    report = run_evaluation(config, log=_echo)
+    paths = write_outputs(report, out_dir)
+    typer.echo(markdown_table(report))
+    typer.echo(f"\nfinished in {time.perf_counter() - start:.0f} s; written: {', '.join(str(p) for p in paths.values())}")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning neuroprint errors into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except NeuroprintError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise

@@ -1,0 +1,288 @@
+"""The leakage-free evaluation protocol: every detector on every attack, fit on validation, tested on test.
+
+- Source images: `n_fit` validation and `n_test` test images are drawn (seeded) and cut into two disjoint halves:
+  one half is scored as clean, the other half is attacked. No image is both a clean and an attacked sample, and
+  no test image is ever seen while fitting.
+- Only correctly classified clean images count, and only successful adversarial examples (success rates are
+  reported beside the detection metrics).
+- Detectors are fit on validation clean + validation adversarial examples; thresholds come from clean validation
+  scores only. With `fit_attacks`, every detector is fit once on those attacks and tested on all attacks
+  (unseen-attack generalisation).
+- Trained models and adversarial sets are cached on disk, keyed by their configuration.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuroprint.attacks import AdversarialSet, build_adversarial_set, make_attack
+from neuroprint.data import DataSplits, Split, load_dataset
+from neuroprint.detectors import make_detector
+from neuroprint.errors import ConfigError, InputError
+from neuroprint.evaluation import metrics
+from neuroprint.io import git_commit, versions
+from neuroprint.models.checkpoint import load_checkpoint, load_or_train
+from neuroprint.models.classifier import Classifier
+from neuroprint.models.training import TrainConfig, accuracy
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate. `model` is a zoo architecture (trained and cached) or a checkpoint directory."""
+
+    dataset: str = "mnist"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    model: str = "mnist-net"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
+    detectors: list[str] = field(default_factory=lambda: ["lid", "mahalanobis"])
+    detector_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fit_attacks: list[str] | None = None
+    n_fit: int = 1000
+    n_test: int = 1000
+    seed: int = 0
+    batch_size: int = 256
+    cache_dir: Path = Path("runs/cache")
+
+    def __post_init__(self) -> None:
+        if not self.attacks:
+            raise ConfigError("at least one attack is needed (--attack NAME); see `neuroprint list`")
+        if not self.detectors:
+            raise ConfigError("at least one detector is needed (--detector NAME); see `neuroprint list`")
+        for name in ("n_fit", "n_test"):
+            if getattr(self, name) < 4:
+                raise ConfigError(f"{name} must be >= 4 source images, got {getattr(self, name)}")
+        unknown = [a for a in self.fit_attacks or [] if a not in self.attacks]
+        if unknown:
+            raise ConfigError(f"fit attack(s) {unknown} must also be among the evaluated attacks {self.attacks}")
+
+
+@dataclass
+class AttackSummary:
+    """One attack on one split: how often it succeeded and how large its perturbations were (pixel units)."""
+
+    name: str
+    spec: str
+    params: dict[str, Any]
+    split: str
+    n_attacked: int
+    n_success: int
+    success_rate: float
+    mean_l2: float
+    mean_linf: float
+    seconds: float
+
+
+@dataclass
+class DetectionResult:
+    """Metrics of one detector on one test attack (AUC, TPR and FPR as fractions in [0, 1])."""
+
+    detector: str
+    attack: str
+    fit_attacks: list[str]
+    auc: float
+    tpr_at_fpr05: float
+    fpr_at_tpr95: float
+    fpr_at_tpr99: float
+    detection_accuracy: float
+    n_clean: int
+    n_adv: int
+    fit_seconds: float
+    score_seconds_per_image: float
+    roc: tuple[list[float], list[float]] = field(repr=False, default=([], []))
+
+
+@dataclass
+class EvalReport:
+    config: EvalConfig
+    clean_accuracy: float
+    model_dir: str
+    attacks: list[AttackSummary]
+    results: list[DetectionResult]
+
+    def to_json(self) -> dict[str, Any]:
+        """The machine-readable record: dataset, seed, versions, git, model, attacks[], results[]."""
+        test_attacks = [a for a in self.attacks if a.split == "test"]
+        val = {a.spec: a for a in self.attacks if a.split == "val"}
+        return {
+            "dataset": self.config.dataset,
+            "seed": self.config.seed,
+            "versions": versions(),
+            "git": git_commit(),
+            "config": {
+                "n_fit": self.config.n_fit,
+                "n_test": self.config.n_test,
+                "fit_attacks": self.config.fit_attacks,
+                "detector_params": self.config.detector_params,
+                "train": self.config.train.__dict__,
+            },
+            "model": {"name": self.config.model, "dir": self.model_dir, "clean_accuracy": self.clean_accuracy},
+            "attacks": [
+                {**_public(a), "val": _public(val[a.spec]) if a.spec in val else None} for a in test_attacks
+            ],
+            "results": [{k: v for k, v in r.__dict__.items() if k != "roc"} for r in self.results],
+        }
+
+
+def _public(summary: AttackSummary) -> dict[str, Any]:
+    return {k: v for k, v in summary.__dict__.items()}
+
+
+def draw_sources(n_available: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded draw of `n` source indices cut into two disjoint halves: (clean half, attacked half)."""
+    if n_available < 4:
+        raise InputError(f"the split has only {n_available} images; need at least 4")
+    n = min(n, n_available)
+    perm = torch.randperm(n_available, generator=torch.Generator().manual_seed(seed))[:n]
+    return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
+
+
+def correct_clean(classifier: Classifier, split: Split, index: torch.Tensor) -> Split:
+    """The images at `index` that `classifier` labels correctly."""
+    sub = split.subset(index)
+    keep = classifier.predict(sub.x) == sub.y
+    return sub.subset(keep.nonzero().flatten())
+
+
+def cached_adversarial_set(
+    classifier: Classifier,
+    model_tag: str,
+    spec: str,
+    split: Split,
+    split_name: str,
+    index: torch.Tensor,
+    cache_dir: Path,
+    batch_size: int,
+    progress: bool,
+) -> tuple[AdversarialSet, float]:
+    """Attack `split[index]` with `spec` (correctly classified images only), reusing a cached result.
+
+    Returns the set and the seconds the attack took (0 when it came from the cache).
+    """
+    attack = make_attack(spec)
+    key_blob = json.dumps(
+        {"model": model_tag, "attack": attack.name, "params": attack.params, "split": split_name, "index": index.tolist()},
+        sort_keys=True,
+        default=str,
+    )
+    key = hashlib.sha256(key_blob.encode()).hexdigest()[:16]
+    path = cache_dir / "adv" / model_tag / f"{attack.name}-{split_name}-{key}"
+    if Path(f"{path}.json").is_file():
+        return AdversarialSet.load(path), 0.0
+    start = time.perf_counter()
+    adv = build_adversarial_set(
+        classifier, attack, split.x[index], split.y[index], source_index=index, split=split_name,
+        batch_size=batch_size, progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    adv.meta["seconds"] = seconds
+    adv.save(path)
+    return adv, seconds
+
+
+def _summary(spec: str, adv: AdversarialSet, split_name: str, seconds: float) -> AttackSummary:
+    ok = adv.success
+    n_ok = int(ok.sum())
+    return AttackSummary(
+        name=adv.attack,
+        spec=spec,
+        params=adv.params,
+        split=split_name,
+        n_attacked=len(ok),
+        n_success=n_ok,
+        success_rate=n_ok / max(len(ok), 1),
+        mean_l2=float(adv.l2[ok].mean()) if n_ok else float("nan"),
+        mean_linf=float(adv.linf[ok].mean()) if n_ok else float("nan"),
+        seconds=float(adv.meta.get("seconds", seconds)),
+    )
+
+
+def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) -> EvalReport:
+    """Run the protocol; returns every attack summary and every (detector, attack) result."""
+    data = load_dataset(config.dataset, **config.dataset_options)
+    classifier, model_dir = _model(config, data, progress, log)
+    clean_acc = accuracy(classifier, data.test)
+    model_tag = Path(model_dir).name
+    log(f"model {model_tag}: clean test accuracy {clean_acc:.4f}")
+
+    val_clean_idx, val_adv_idx = draw_sources(len(data.val), config.n_fit, config.seed)
+    test_clean_idx, test_adv_idx = draw_sources(len(data.test), config.n_test, config.seed + 1)
+    val_clean = correct_clean(classifier, data.val, val_clean_idx)
+    test_clean = correct_clean(classifier, data.test, test_clean_idx)
+
+    summaries: list[AttackSummary] = []
+    adv_sets: dict[tuple[str, str], AdversarialSet] = {}
+    for spec in config.attacks:
+        for split_name, split, index in (("val", data.val, val_adv_idx), ("test", data.test, test_adv_idx)):
+            log(f"attack {spec} on {len(index)} {split_name} images")
+            adv, seconds = cached_adversarial_set(
+                classifier, model_tag, spec, split, split_name, index, config.cache_dir, config.batch_size, progress
+            )
+            adv_sets[spec, split_name] = adv
+            summaries.append(_summary(spec, adv, split_name, seconds))
+            if not bool(adv.success.any()):
+                raise InputError(f"attack {spec} produced no successful adversarial example on the {split_name} split")
+
+    groups = [[spec] for spec in config.attacks] if config.fit_attacks is None else [list(config.fit_attacks)]
+    results: list[DetectionResult] = []
+    for name in config.detectors:
+        for fit_group in groups:
+            x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
+            detector = make_detector(name, random_state=config.seed, **config.detector_params.get(name, {}))
+            log(f"fit {name} on {len(val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
+            start = time.perf_counter()
+            detector.fit(classifier, val_clean.x, val_clean.y, x_adv_fit)
+            detector.calibrate(val_clean.x, fpr=0.05)
+            fit_seconds = time.perf_counter() - start
+            clean_scores = _scores(detector, test_clean.x)
+            tested = config.attacks if config.fit_attacks is not None else fit_group
+            for spec in tested:
+                adv = adv_sets[spec, "test"]
+                x_adv = adv.x_adv[adv.success]
+                start = time.perf_counter()
+                adv_scores = _scores(detector, x_adv)
+                per_image = (time.perf_counter() - start) / len(x_adv)
+                fprs, tprs = metrics.roc(clean_scores, adv_scores)
+                results.append(
+                    DetectionResult(
+                        detector=name,
+                        attack=spec,
+                        fit_attacks=fit_group,
+                        auc=metrics.auc(clean_scores, adv_scores),
+                        tpr_at_fpr05=metrics.tpr_at_fpr(clean_scores, adv_scores, 0.05),
+                        fpr_at_tpr95=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.95),
+                        fpr_at_tpr99=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.99),
+                        detection_accuracy=metrics.detection_accuracy(clean_scores, adv_scores, detector.threshold_),
+                        n_clean=len(clean_scores),
+                        n_adv=len(adv_scores),
+                        fit_seconds=fit_seconds,
+                        score_seconds_per_image=per_image,
+                        roc=(fprs.tolist(), tprs.tolist()),
+                    )
+                )
+                log(f"  {name} vs {spec}: AUC {results[-1].auc:.4f}, TPR@5%FPR {results[-1].tpr_at_fpr05:.4f}")
+    return EvalReport(config, clean_acc, str(model_dir), summaries, results)
+
+
+def _scores(detector: Any, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    parts = [detector.score(x[i : i + batch_size]).detach().cpu().numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts)
+
+
+def _model(config: EvalConfig, data: DataSplits, progress: bool, log: Log) -> tuple[Classifier, str]:
+    if Path(config.model).is_dir():
+        classifier, _ = load_checkpoint(config.model)
+        return classifier, config.model
+    log(f"model {config.model} on {data.name}: loading from cache or training ({config.train.epochs} epochs)")
+    classifier, _, directory = load_or_train(config.model, data, config.train, config.cache_dir / "models", progress)
+    return classifier, str(directory)

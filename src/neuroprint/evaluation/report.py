@@ -1,0 +1,72 @@
+"""Tables, ROC plots and JSON files from an `EvalReport` (written atomically)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from neuroprint.evaluation.protocol import EvalReport  # noqa: E402
+from neuroprint.io import atomic_path, write_json  # noqa: E402
+
+
+def markdown_table(report: EvalReport) -> str:
+    """Rows = detectors, columns = attacks; cells `AUC / TPR@5%FPR` in percent (like NeuralFP Table 1).
+
+    A last row gives each attack's success rate on the test split, and a header line the fit attacks.
+    """
+    attacks = [a.spec for a in report.attacks if a.split == "test"]
+    detectors = list(dict.fromkeys(r.detector for r in report.results))
+    cell = {(r.detector, r.attack): f"{100 * r.auc:.2f} / {100 * r.tpr_at_fpr05:.1f}" for r in report.results}
+    fit = report.config.fit_attacks
+    lines = [
+        f"Detection on {report.config.dataset} (model clean accuracy {100 * report.clean_accuracy:.2f}%), "
+        + ("each detector fit on the attack it is tested on" if fit is None else f"fit on {'+'.join(fit)} only")
+        + "; cells: AUC / TPR at 5% FPR (%)",
+        "",
+        "| detector | " + " | ".join(attacks) + " |",
+        "|---|" + "---|" * len(attacks),
+    ]
+    for det in detectors:
+        lines.append(f"| {det} | " + " | ".join(cell.get((det, a), "–") for a in attacks) + " |")
+    rates = {a.spec: a for a in report.attacks if a.split == "test"}
+    lines.append(
+        "| *attack success* | "
+        + " | ".join(f"{100 * rates[a].success_rate:.1f}% of {rates[a].n_attacked}" for a in attacks)
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def roc_plot(report: EvalReport, path: str | Path) -> None:
+    """One panel per test attack, one ROC curve per detector, saved as PNG."""
+    attacks = list(dict.fromkeys(r.attack for r in report.results))
+    cols = min(3, len(attacks))
+    rows = math.ceil(len(attacks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    for ax, attack in zip(axes.flat, attacks, strict=False):
+        for r in (r for r in report.results if r.attack == attack):
+            ax.plot(r.roc[0], r.roc[1], label=f"{r.detector} (AUC {100 * r.auc:.1f})")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+        ax.set(title=attack, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(loc="lower right", fontsize=8)
+    for ax in list(axes.flat)[len(attacks) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(report: EvalReport, out_dir: str | Path, json_path: str | Path | None = None) -> dict[str, Path]:
+    """Write `results.md`, `roc.png` and the JSON record (to `json_path`, default `out_dir/results.json`)."""
+    out = Path(out_dir)
+    paths = {"table": out / "results.md", "roc": out / "roc.png", "json": Path(json_path or out / "results.json")}
+    with atomic_path(paths["table"]) as tmp:
+        tmp.write_text(markdown_table(report) + "\n")
+    roc_plot(report, paths["roc"])
+    write_json(paths["json"], report.to_json())
+    return paths

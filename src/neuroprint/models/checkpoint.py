@@ -1,0 +1,153 @@
+"""Model checkpoints (safetensors weights + JSON metadata) and loading of user models.
+
+A checkpoint is a directory holding `model.safetensors` and `model.json` (architecture and its arguments, dataset,
+normalisation, bounds, feature layers, clean test accuracy, training config, versions, git hash). Nothing is
+pickled. User models come from a TorchScript file or from an import path `package.module:factory` plus weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from neuroprint.data import DataSplits
+from neuroprint.errors import ConfigError, InputError
+from neuroprint.io import atomic_path, git_commit, read_json, versions, write_json
+from neuroprint.models.classifier import Classifier
+from neuroprint.models.training import TrainConfig, accuracy, train
+from neuroprint.registry import MODELS
+
+WEIGHTS, META = "model.safetensors", "model.json"
+
+
+def save_checkpoint(classifier: Classifier, directory: str | Path, meta: dict[str, Any]) -> None:
+    """Write `classifier`'s weights and `meta` (must include `architecture` and `arch_kwargs`) atomically."""
+    full = {
+        **meta,
+        "bounds": list(classifier.bounds),
+        "mean": classifier.mean.flatten().tolist(),
+        "std": classifier.std.flatten().tolist(),
+        "layers": list(classifier.layers),
+        "num_classes": classifier.num_classes,
+        "versions": versions(),
+        "git": git_commit(),
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in classifier.module.state_dict().items()}
+    with atomic_path(directory, directory=True) as tmp:
+        save_file(state, str(tmp / WEIGHTS))
+        write_json(tmp / META, full)
+
+
+def load_checkpoint(directory: str | Path) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a `Classifier` from a checkpoint directory written by `save_checkpoint`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"expected a checkpoint directory at {directory} (with {META} and {WEIGHTS}); it does not exist")
+    meta = read_json(directory / META)
+    for key in ("architecture", "arch_kwargs", "mean", "std", "bounds", "layers"):
+        if key not in meta:
+            raise InputError(f"{directory / META} lacks the field {key!r}; is it a neuroprint checkpoint?")
+    module = MODELS.create(meta["architecture"], **meta["arch_kwargs"])
+    _load_weights(module, directory / WEIGHTS)
+    clf = Classifier(module, bounds=tuple(meta["bounds"]), mean=meta["mean"], std=meta["std"], layers=meta["layers"])
+    return clf, meta
+
+
+def load_user_model(
+    source: str,
+    weights: str | Path | None = None,
+    *,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    layers: list[str] | None = None,
+    num_classes: int | None = None,
+) -> Classifier:
+    """Wrap a user's model: a TorchScript file (`model.pt`), or `package.module:factory` with a weights file.
+
+    Weights are read from safetensors, or from a state dict with `torch.load(weights_only=True)` (never a full
+    pickle). The model must take normalised inputs; pass the `mean`/`std` it expects.
+    """
+    if ":" in source and not Path(source).exists():
+        module_name, _, attr = source.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot import model factory {source!r} ({exc}); expected 'package.module:factory'") from None
+        module = factory()
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"{source} returned {type(module).__name__}, not a torch.nn.Module")
+        if weights is not None:
+            _load_weights(module, Path(weights))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"expected a TorchScript model file at {path}, or an import path 'package.module:factory'")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as exc:
+            raise InputError(f"{path} is not a TorchScript model ({str(exc).splitlines()[0]})") from None
+    return Classifier(module, mean=mean, std=std, layers=layers, num_classes=num_classes)
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"expected model weights at {path}, but the file does not exist")
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors and torch raise several types on corrupt files
+        raise InputError(f"cannot read model weights from {path} ({str(exc).splitlines()[0]})") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(f"weights in {path} do not fit the architecture: {str(exc).splitlines()[0]}") from None
+
+
+def model_key(architecture: str, dataset: str, config: TrainConfig, arch_kwargs: dict[str, Any]) -> str:
+    """Cache key of a trained model: a short hash of everything that decides its weights."""
+    blob = json.dumps({"a": architecture, "d": dataset, "k": arch_kwargs, "c": asdict(config)}, sort_keys=True)
+    return f"{architecture}-{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def train_model(
+    architecture: str, data: DataSplits, config: TrainConfig, progress: bool = True
+) -> tuple[Classifier, dict[str, Any]]:
+    """Train a zoo architecture on `data`; returns the classifier and its checkpoint metadata."""
+    c, h, _ = data.image_shape
+    arch_kwargs: dict[str, Any] = {"in_channels": c, "num_classes": data.num_classes}
+    if architecture in ("mnist-net", "cifar-net"):
+        arch_kwargs["image_size"] = h
+    torch.manual_seed(config.seed)
+    module = MODELS.create(architecture, **arch_kwargs)
+    clf = Classifier(module, mean=data.mean, std=data.std)
+    history = train(clf, data.train, data.val, config, progress=progress)
+    meta = {
+        "architecture": architecture,
+        "arch_kwargs": arch_kwargs,
+        "dataset": data.name,
+        "train_config": asdict(config),
+        "val_accuracy": history.val_accuracy,
+        "clean_accuracy": accuracy(clf, data.test),
+    }
+    return clf, meta
+
+
+def load_or_train(
+    architecture: str, data: DataSplits, config: TrainConfig, cache_dir: str | Path = "runs/models", progress: bool = True
+) -> tuple[Classifier, dict[str, Any], Path]:
+    """Reuse the cached model for this exact configuration, or train and cache it. Returns (model, meta, dir)."""
+    c, h, _ = data.image_shape
+    probe_kwargs = {"in_channels": c, "num_classes": data.num_classes, "image_size": h}
+    directory = Path(cache_dir) / model_key(architecture, data.name, config, probe_kwargs)
+    if (directory / META).is_file():
+        clf, meta = load_checkpoint(directory)
+        return clf, meta, directory
+    clf, meta = train_model(architecture, data, config, progress)
+    save_checkpoint(clf, directory, meta)
+    return clf, meta, directory
