@@ -22,7 +22,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, index: torch.Tensor) -> "Split":
+    def subset(self, index: torch.Tensor) -> Split:
         return Split(self.x[index], self.y[index])
 
 
@@ -58,8 +58,8 @@ def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> t
     if n < 3:
         raise InputError(f"a dataset needs at least 3 images to split, got {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_train = max(1, int(round(fractions[0] * n)))
-    n_val = max(1, int(round(fractions[1] * n)))
+    n_train = max(1, round(fractions[0] * n))
+    n_val = max(1, round(fractions[1] * n))
     n_train = min(n_train, n - n_val - 1)
     return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
 
