@@ -1,6 +1,7 @@
 """Name -> factory registries for detectors, attacks, models and datasets (the names used by the API and CLI)."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -31,7 +32,15 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def create(self, name: str, **kwargs: Any) -> T:
-        return self.get(name)(**kwargs)
+        """Call the factory of `name`; an option it does not take raises `ConfigError` listing those it takes."""
+        factory = self.get(name)
+        params = inspect.signature(factory).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown and not takes_any:
+            valid = ", ".join(p for p in params if p != "self") or "none"
+            raise ConfigError(f"{self.kind} {name!r} takes no option(s) {', '.join(unknown)}; valid: {valid}")
+        return factory(**kwargs)
 
     def available(self) -> list[str]:
         return sorted(self._entries)
