@@ -19,6 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `neuroprint list`)")]
 DataPath = Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz")]
 Seed = Annotated[int, typer.Option(help="random seed (data order, sampling)")]
+Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
 
 
 def _dataset_options(data_path: str | None) -> dict[str, object]:
@@ -51,6 +52,7 @@ def train(
     lr_drop_epoch: Annotated[int, typer.Option(help="0-based epoch from which lr is divided by 10")] = 3,
     seed: Seed = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint directory to write")] = Path("runs/models/mnist-net"),
+    device: Device = "cpu",
 ) -> None:
     """Train a classifier; writes a checkpoint (model.safetensors + model.json)."""
     from neuroprint.data import load_dataset
@@ -59,7 +61,7 @@ def train(
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_drop_epoch=lr_drop_epoch, seed=seed)
     data = load_dataset(dataset, **_dataset_options(data_path))
-    clf, meta = train_model(model, data, config)
+    clf, meta = train_model(model, data, config, device=device)
     save_checkpoint(clf, out, meta)
     typer.echo(f"test accuracy {meta['clean_accuracy']:.4f}; checkpoint written to {out}")
 
@@ -113,6 +115,7 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option(help="where results.md, roc.png and results.json go")] = Path("runs/eval"),
     json_path: Annotated[Path | None, typer.Option("--json", help="also write the JSON record here")] = None,
     cache_dir: Annotated[Path, typer.Option(help="cache of trained models and adversarial sets")] = Path("runs/cache"),
+    device: Device = "cpu",
 ) -> None:
     """Evaluate every detector on every attack with the leakage-free protocol; prints a Markdown table."""
     from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
@@ -123,7 +126,7 @@ def evaluate(
         dataset=dataset, dataset_options=_dataset_options(data_path), model=model,
         train=TrainConfig(epochs=epochs, lr_drop_epoch=min(3, epochs - 1), seed=seed), attacks=attack_specs,
         detectors=detector, fit_attacks=fit_attack or None, n_fit=n_fit, n_test=n_test, seed=seed,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir, device=device,
     )
     report = run_evaluation(config, log=_echo)
     paths = write_outputs(report, out_dir, json_path)

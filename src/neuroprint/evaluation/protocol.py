@@ -53,6 +53,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 256
     cache_dir: Path = Path("runs/cache")
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if not self.attacks:
@@ -282,7 +283,7 @@ def _scores(detector: Any, x: torch.Tensor, batch_size: int = 500) -> np.ndarray
 def _model(config: EvalConfig, data: DataSplits, progress: bool, log: Log) -> tuple[Classifier, str]:
     if Path(config.model).is_dir():
         classifier, _ = load_checkpoint(config.model)
-        return classifier, config.model
+        return classifier.to(config.device), config.model
     log(f"model {config.model} on {data.name}: loading from cache or training ({config.train.epochs} epochs)")
-    classifier, _, directory = load_or_train(config.model, data, config.train, config.cache_dir / "models", progress)
+    classifier, _, directory = load_or_train(config.model, data, config.train, config.cache_dir / "models", progress, config.device)
     return classifier, str(directory)

@@ -116,16 +116,16 @@ def model_key(architecture: str, dataset: str, config: TrainConfig, arch_kwargs:
 
 
 def train_model(
-    architecture: str, data: DataSplits, config: TrainConfig, progress: bool = True
+    architecture: str, data: DataSplits, config: TrainConfig, progress: bool = True, device: str = "cpu"
 ) -> tuple[Classifier, dict[str, Any]]:
-    """Train a zoo architecture on `data`; returns the classifier and its checkpoint metadata."""
+    """Train a zoo architecture on `data` on `device`; returns the classifier and its checkpoint metadata."""
     c, h, _ = data.image_shape
     arch_kwargs: dict[str, Any] = {"in_channels": c, "num_classes": data.num_classes}
     if architecture in ("mnist-net", "cifar-net"):
         arch_kwargs["image_size"] = h
     torch.manual_seed(config.seed)
     module = MODELS.create(architecture, **arch_kwargs)
-    clf = Classifier(module, mean=data.mean, std=data.std)
+    clf = Classifier(module, mean=data.mean, std=data.std).to(device)
     history = train(clf, data.train, data.val, config, progress=progress)
     meta = {
         "architecture": architecture,
@@ -139,7 +139,12 @@ def train_model(
 
 
 def load_or_train(
-    architecture: str, data: DataSplits, config: TrainConfig, cache_dir: str | Path = "runs/models", progress: bool = True
+    architecture: str,
+    data: DataSplits,
+    config: TrainConfig,
+    cache_dir: str | Path = "runs/models",
+    progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[Classifier, dict[str, Any], Path]:
     """Reuse the cached model for this exact configuration, or train and cache it. Returns (model, meta, dir)."""
     c, h, _ = data.image_shape
@@ -147,7 +152,7 @@ def load_or_train(
     directory = Path(cache_dir) / model_key(architecture, data.name, config, probe_kwargs)
     if (directory / META).is_file():
         clf, meta = load_checkpoint(directory)
-        return clf, meta, directory
-    clf, meta = train_model(architecture, data, config, progress)
+        return clf.to(device), meta, directory
+    clf, meta = train_model(architecture, data, config, progress, device)
     save_checkpoint(clf, directory, meta)
     return clf, meta, directory
