@@ -192,18 +192,16 @@ def cached_adversarial_set(
 
 
 def _summary(spec: str, adv: AdversarialSet, split_name: str, seconds: float) -> AttackSummary:
-    ok = adv.success
-    n_ok = int(ok.sum())
     return AttackSummary(
         name=adv.attack,
         spec=spec,
         params=adv.params,
         split=split_name,
-        n_attacked=len(ok),
-        n_success=n_ok,
-        success_rate=n_ok / max(len(ok), 1),
-        mean_l2=float(adv.l2[ok].mean()) if n_ok else float("nan"),
-        mean_linf=float(adv.linf[ok].mean()) if n_ok else float("nan"),
+        n_attacked=len(adv),
+        n_success=int(adv.success.sum()),
+        success_rate=adv.success_rate,
+        mean_l2=adv.mean_l2,
+        mean_linf=adv.mean_linf,
         seconds=float(adv.meta.get("seconds", seconds)),
     )
 
