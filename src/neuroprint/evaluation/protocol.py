@@ -66,6 +66,10 @@ class EvalConfig:
         unknown = [a for a in self.fit_attacks or [] if a not in self.attacks]
         if unknown:
             raise ConfigError(f"fit attack(s) {unknown} must also be among the evaluated attacks {self.attacks}")
+        for spec in self.attacks:  # fail on bad names and values before any training or attacking
+            make_attack(spec)
+        for name in self.detectors:
+            make_detector(name, **self.detector_params.get(name, {}))
 
 
 @dataclass

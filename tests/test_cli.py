@@ -1,0 +1,93 @@
+"""End-to-end CLI runs on the tiny `digits` dataset, and the one-line error contract (exit code 2)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuroprint.cli import main
+
+
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["neuroprint", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(monkeypatch, capsys, "list")
+    assert code == 0
+    assert "mnist" in out and "pgd" in out and "lid" in out and "mnist-net" in out
+
+
+def test_train_attack_evaluate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    ck = tmp_path / "model"
+    code, out, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "--epochs", "3",
+                         "--lr-drop-epoch", "2", "--out", str(ck))
+    assert code == 0, err
+    assert (ck / "model.safetensors").is_file() and "test accuracy" in out
+
+    code, out, err = run(monkeypatch, capsys, "attack", "-c", str(ck), "-d", "digits", "-a", "fgsm", "--n", "40",
+                         "--out", str(tmp_path / "adv" / "fgsm"))
+    assert code == 0, err
+    record = json.loads((tmp_path / "adv" / "fgsm.json").read_text())
+    assert record["attack"] == "fgsm"
+
+    report = tmp_path / "eval.json"
+    code, out, err = run(monkeypatch, capsys, "evaluate", "-d", "digits", "-m", str(ck), "--detector", "lid",
+                         "-a", "fgsm", "-a", "pgd:steps=5", "--fit-attack", "pgd:steps=5", "--n-fit", "120",
+                         "--n-test", "120", "--out-dir", str(tmp_path / "eval"), "--json", str(report),
+                         "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
+    assert "| lid |" in out
+    data = json.loads(report.read_text())
+    assert {"dataset", "seed", "versions", "git", "model", "attacks", "results"} <= set(data)
+    assert 0.0 < data["model"]["clean_accuracy"] <= 1.0
+    assert [a["spec"] for a in data["attacks"]] == ["fgsm", "pgd:steps=5"]
+    for a in data["attacks"]:
+        assert {"name", "params", "success_rate", "n_attacked", "mean_l2", "mean_linf"} <= set(a)
+    assert len(data["results"]) == 2
+    for r in data["results"]:
+        assert r["fit_attacks"] == ["pgd:steps=5"]
+        assert {"detector", "attack", "auc", "tpr_at_fpr05", "fpr_at_tpr95", "n_clean", "n_adv"} <= set(r)
+        assert r["n_clean"] > 0 and r["n_adv"] > 0
+    assert (tmp_path / "eval" / "roc.png").stat().st_size > 0
+    assert any((tmp_path / "cache" / "adv").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "-d", "nope"], "unknown dataset 'nope'; valid: "),
+        (["train", "-d", "digits", "-m", "vgg"], "unknown model 'vgg'; valid: "),
+        (["train", "-d", "digits", "--epochs", "0"], "epochs must be >= 1"),
+        (["evaluate", "-d", "digits", "--detector", "lid", "-a", "nope"], "unknown attack 'nope'"),
+        (["evaluate", "-d", "digits", "--detector", "lid", "-a", "pgd:eps=2"], "eps"),
+        (["evaluate", "-d", "digits", "--detector", "lid", "-a", "fgsm", "--fit-attack", "pgd"], "fit attack"),
+        (["attack", "-c", "/nonexistent/ck", "-a", "fgsm", "--out", "x"], "checkpoint directory"),
+        (["train", "-d", "mnist", "--data-path", "/tmp"], "takes no option"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, _, err = run(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_detector_is_rejected_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(monkeypatch, capsys, "evaluate", "-d", "digits", "--detector", "nope", "-a", "fgsm",
+                       "--cache-dir", str(tmp_path))
+    assert code == 2 and "unknown detector 'nope'" in err
+    assert not (tmp_path / "models").exists()
