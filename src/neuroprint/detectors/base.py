@@ -2,10 +2,16 @@
 
 Contract (scikit-learn style): the constructor only stores hyperparameters; `fit` learns attributes ending in `_`;
 `score(x)` returns `[N]` floats, **higher = more adversarial**; `calibrate` picks `threshold_` from clean data only.
+
+Sharing a forward pass: a detector whose `feature_spec` is not None reads nothing of an image but the activations
+that spec describes, so an evaluation harness may run `neuroprint.features.extract(classifier, x, spec.layers,
+spec.pooling)` once per split and per distinct spec, and call `fit_features` / `score_features` instead of
+`fit` / `score` (same results). A detector whose `feature_spec` is None needs the images themselves.
 """
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,11 +19,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from neuroprint.errors import ConfigError, InputError, NotFittedError
+from neuroprint.features import Features, Pooling
 from neuroprint.io import atomic_path, read_json, versions, write_json
 from neuroprint.models.classifier import Classifier
 from neuroprint.registry import DETECTORS
 
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The activations a detector reads: `layers` (None = the classifier's `layers`) pooled with `pooling`."""
+
+    layers: tuple[str, ...] | None
+    pooling: Pooling
 
 
 class Detector:
@@ -31,7 +46,7 @@ class Detector:
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
     # -- learning ---------------------------------------------------------------------------------------------
-    def fit(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None) -> "Detector":
+    def fit(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None) -> Detector:
         """Learn from clean images `x` `[N, C, H, W]` with labels `y` `[N]` and adversarial images `x_adv`."""
         raise NotImplementedError
 
@@ -39,7 +54,22 @@ class Detector:
         """Adversarial score `[N]` of images `x` (higher = more adversarial)."""
         raise NotImplementedError
 
-    def calibrate(self, x_clean: torch.Tensor, fpr: float = 0.05) -> "Detector":
+    @property
+    def feature_spec(self) -> FeatureSpec | None:
+        """What `fit_features` / `score_features` expect, or None when the detector needs the images."""
+        return None
+
+    def fit_features(
+        self, classifier: Classifier, features: Features, y: torch.Tensor, features_adv: Features
+    ) -> Detector:
+        """`fit` on precomputed activations (as described by `feature_spec`) of the clean and adversarial images."""
+        raise ConfigError(f"{self.name} cannot be fitted on precomputed features (feature_spec is None)")
+
+    def score_features(self, features: Features) -> torch.Tensor:
+        """`score` from precomputed activations (as described by `feature_spec`) of the images."""
+        raise ConfigError(f"{self.name} cannot score precomputed features (feature_spec is None)")
+
+    def calibrate(self, x_clean: torch.Tensor, fpr: float = 0.05) -> Detector:
         """Set `threshold_` so that a share `fpr` of the clean images `x_clean` is flagged."""
         if not 0.0 < fpr < 1.0:
             raise ConfigError(f"fpr must be in (0, 1), got {fpr}")
@@ -60,13 +90,29 @@ class Detector:
 
     def _check_fit_inputs(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None) -> None:
         classifier.check_input(x, "x")
-        if y.shape != (len(x),):
-            raise InputError(f"y must have shape [{len(x)}] to match x, got {list(y.shape)}")
+        if not isinstance(y, torch.Tensor) or y.shape != (len(x),):
+            raise InputError(f"y must be a tensor of shape [{len(x)}] to match x, got {getattr(y, 'shape', y)}")
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
         if x_adv is None:
             raise InputError(f"{self.name} needs adversarial examples: pass x_adv")
         classifier.check_input(x_adv, "x_adv")
         if x_adv.shape[1:] != x.shape[1:]:
             raise InputError(f"x_adv images have shape {list(x_adv.shape[1:])}, x has {list(x.shape[1:])}")
+
+    def _check_features(self, features: Features, layers: tuple[str, ...], name: str) -> None:
+        """Raise `InputError` unless `features` holds finite, non-empty `[N, D]` activations of every layer."""
+        if not isinstance(features, Features):
+            raise InputError(f"{name} must be neuroprint.features.Features, got {type(features).__name__}")
+        missing = [layer for layer in layers if layer not in features]
+        if missing:
+            raise InputError(f"{name} lacks the layer(s) {missing} that {self.name} reads (see feature_spec)")
+        for layer in layers:
+            t = features[layer]
+            if t.ndim != 2 or len(t) == 0 or len(t) != len(features):
+                raise InputError(f"{name}[{layer!r}] must be [{len(features)}, D] and non-empty, got {list(t.shape)}")
+            if not bool(torch.isfinite(t).all()):
+                raise InputError(f"{name}[{layer!r}] contains NaN or infinite values")
 
     # -- persistence -------------------------------------------------------------------------------------------
     def state_dict_(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -93,7 +139,7 @@ class Detector:
             write_json(tmp / "config.json", config)
 
     @staticmethod
-    def load(directory: str | Path, classifier: Classifier) -> "Detector":
+    def load(directory: str | Path, classifier: Classifier) -> Detector:
         """Rebuild a saved detector for `classifier` (the model it was fitted on)."""
         directory = Path(directory)
         config = read_json(directory / "config.json")
@@ -104,7 +150,7 @@ class Detector:
             raise InputError(f"expected detector weights at {state}, but the file does not exist")
         try:
             tensors = load_file(str(state))
-        except Exception as exc:  # safetensors raises several types on corrupt files
+        except Exception as exc:  # noqa: BLE001  (safetensors raises several types on corrupt files)
             raise InputError(f"{state} is corrupt ({exc})") from None
         detector: Detector = DETECTORS.create(config["name"], **config["params"])
         detector.classifier_ = classifier
