@@ -109,9 +109,9 @@ def check_images(x: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0), name
         raise InputError(f"{name} is empty (0 images)")
     if not x.is_floating_point():
         raise InputError(f"{name} must be a float tensor of pixels in {list(bounds)}, got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(x.detach()).all()):
         raise InputError(f"{name} contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < bounds[0] - 1e-6 or hi > bounds[1] + 1e-6:
         raise InputError(f"{name} has values in [{lo:.4g}, {hi:.4g}], outside the pixel bounds {list(bounds)}")
 

@@ -1,0 +1,306 @@
+"""Randomized neural-fingerprint bank (Fisher, Shahar, Resheff, "Neural Fingerprints for Adversarial Attack
+Detection", arXiv 2411.04533).
+
+For every class c, many tiny random subsets of d neurons are sampled; a subset is a *fingerprint* when the mean
+activation over it separates clean inputs of class c from adversarial inputs attacked *to* c (Welch t-test
+p < `max_p` and |Cohen's d| >= `min_effect`). The best `bank_size` fingerprints by |d| form bank[c], each with the
+clean and adversarial mean and std of its value. At test time the model's predicted class c picks the bank, `k`
+fingerprints are drawn from it **at random for every input**, and the score is a likelihood-ratio test
+
+    score(x) = sum_j log N(v_j; mu_adv_j, s_adv_j) - log N(v_j; mu_clean_j, s_clean_j)    (higher = adversarial)
+
+so an attacker holding a copy of the model and detector cannot know which fingerprints a given query is checked
+against. `score_kind="anomaly"` gives -sum_j log N(v_j; mu_clean_j, s_clean_j) and `"vote"` the share of drawn
+fingerprints whose value is closer, in z-score, to the adversarial than to the clean distribution.
+
+Draws (`sampling`): "seeded" (a generator seeded with `random_state` at every `score` call: reproducible, the
+evaluation default), "secure" (a generator seeded from the operating system's CSPRNG at every call: for serving),
+"all" (every fingerprint of the bank: the authors' code) and "fixed" (the same first `k` fingerprints of each
+bank for every input: the ablation without randomisation). Scoring is one forward pass plus a gather over a
+`[batch, k, d]` index tensor, and is differentiable with respect to the input pixels.
+
+Example:
+    >>> det = BankDetector(d=50, k=30).fit(classifier, x_val, y_val, x_adv_val)
+    >>> det.score(x_test)          # [N] floats, higher = more adversarial
+"""
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy import stats
+
+from neuroprint.detectors.base import Detector
+from neuroprint.errors import ConfigError, InputError
+from neuroprint.features import Pooling, activations
+from neuroprint.models.classifier import Classifier
+from neuroprint.registry import DETECTORS
+
+SCORE_KINDS = ("lr", "anomaly", "vote")
+SAMPLINGS = ("seeded", "secure", "all", "fixed")
+SUBSETS = ("concat", "layer")
+_VAR_FLOOR = 1e-8  # variance floor: a fingerprint whose value never varies cannot produce inf/NaN scores
+_CHUNK = 2048  # candidates evaluated at once while building a bank (bounds memory)
+
+
+def authors_default_layers(classifier: Classifier, n_layers: int = 5, min_params: int = 1000) -> list[str]:
+    """The last `n_layers` top-level child modules with more than `min_params` parameters (the authors' choice)."""
+    big = [n for n, m in classifier.module.named_children() if sum(p.numel() for p in m.parameters()) > min_params]
+    if not big:
+        raise ConfigError(f"the model has no top-level module with more than {min_params} parameters; pass layers=")
+    return big[-n_layers:]
+
+
+@DETECTORS.register("bank")
+class BankDetector(Detector):
+    """Randomized fingerprint bank. Parameters:
+
+    - `layers`: layer names, or None for the authors' default (`authors_default_layers`); `pooling`: "flatten"
+      (default, every neuron) or "avg" (one value per conv channel).
+    - `d`: neurons per fingerprint; `subset`: "concat" (any neurons of the concatenated layers) or "layer" (all d
+      neurons from one layer, chosen at random per candidate).
+    - `n_candidates` sampled per class, `bank_size` kept per class (best |Cohen's d| first), `k` drawn per input.
+    - `max_p` (Welch t-test) and `min_effect` (|Cohen's d|): the selection rule.
+    - `min_adv`: a class with fewer adversarial examples attacked to it (or fewer clean examples) uses a bank
+      built from all classes (reported in `fit_report_`).
+    """
+
+    name = "bank"
+
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        pooling: Pooling = "flatten",
+        d: int = 50,
+        subset: Literal["concat", "layer"] = "concat",
+        n_candidates: int = 10000,
+        bank_size: int = 2000,
+        k: int = 30,
+        max_p: float = 1e-3,
+        min_effect: float = 1.5,
+        min_adv: int = 10,
+        score_kind: Literal["lr", "anomaly", "vote"] = "lr",
+        sampling: Literal["seeded", "secure", "all", "fixed"] = "seeded",
+        random_state: int = 0,
+    ) -> None:
+        for pname, value, low in (("d", d, 1), ("n_candidates", n_candidates, 1), ("bank_size", bank_size, 1),
+                                  ("k", k, 1), ("min_adv", min_adv, 2)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{pname} must be an integer >= {low}, got {value!r}")
+        if k > bank_size:
+            raise ConfigError(f"k (fingerprints drawn per input) must be <= bank_size, got k={k} > bank_size={bank_size}")
+        if not 0.0 < max_p <= 1.0:
+            raise ConfigError(f"max_p must be in (0, 1], got {max_p}")
+        if min_effect < 0:
+            raise ConfigError(f"min_effect must be >= 0, got {min_effect}")
+        for pname, value, valid in (("score_kind", score_kind, SCORE_KINDS), ("sampling", sampling, SAMPLINGS),
+                                    ("subset", subset, SUBSETS), ("pooling", pooling, ("flatten", "avg"))):
+            if value not in valid:
+                raise ConfigError(f"unknown {pname} {value!r}; valid: {', '.join(valid)}")
+        self.layers = list(layers) if layers is not None else None
+        self.pooling = pooling
+        self.d = d
+        self.subset = subset
+        self.n_candidates = n_candidates
+        self.bank_size = bank_size
+        self.k = k
+        self.max_p = max_p
+        self.min_effect = min_effect
+        self.min_adv = min_adv
+        self.score_kind = score_kind
+        self.sampling = sampling
+        self.random_state = random_state
+
+    # -- features ----------------------------------------------------------------------------------------------
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted class [N], concatenated activations [N, D]) of one differentiable forward pass."""
+        logits, acts = activations(self.classifier_, x, self.layers_, self.pooling)
+        return logits.argmax(1), torch.cat([acts[n] for n in self.layers_], dim=1)
+
+    @torch.no_grad()
+    def _batched_features(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [self._features(x[i : i + batch_size].to(self.classifier_.device)) for i in range(0, len(x), batch_size)]
+        return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+
+    # -- fitting -----------------------------------------------------------------------------------------------
+    def fit(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None) -> BankDetector:
+        """Build bank[c] for every class from clean images `x` (labels `y`) and adversarial images `x_adv`.
+
+        Clean images count for their label `y`; adversarial images for the class the model predicts on them.
+        """
+        self._check_fit_inputs(classifier, x, y, x_adv)
+        assert x_adv is not None  # checked above
+        self.classifier_ = classifier
+        self.layers_ = list(self.layers) if self.layers is not None else authors_default_layers(classifier)
+        classifier.layer_outputs(x[:1].to(classifier.device), self.layers_)  # unknown layer names fail here
+        _, f_clean = self._batched_features(x)
+        adv_pred, f_adv = self._batched_features(x_adv)
+        widths = self._layer_widths(f_clean.shape[1], x[:2])
+        generator = torch.Generator().manual_seed(self.random_state)
+
+        n_classes = classifier.num_classes
+        banks: list[dict[str, torch.Tensor]] = []
+        report: dict[str, Any] = {"classes": {}, "fallback_classes": []}
+        shared: dict[str, torch.Tensor] | None = None
+        for c in range(n_classes):
+            clean_c, adv_c = f_clean[y.cpu() == c], f_adv[adv_pred == c]
+            bank = None
+            if len(clean_c) >= self.min_adv and len(adv_c) >= self.min_adv:
+                bank = self._build_bank(clean_c, adv_c, widths, generator)
+            fallback = bank is None or len(bank["index"]) < self.k
+            if fallback:
+                if shared is None:
+                    shared = self._build_bank(f_clean, f_adv, widths, generator)
+                    if len(shared["index"]) < self.k:
+                        raise InputError(
+                            f"only {len(shared['index'])} fingerprints pass the selection rule (p < {self.max_p}, "
+                            f"|d| >= {self.min_effect}) even with all classes pooled; need k={self.k}: lower k or "
+                            "relax max_p/min_effect, or fit on more adversarial examples"
+                        )
+                bank = shared
+                report["fallback_classes"].append(c)
+            assert bank is not None
+            banks.append(bank)
+            report["classes"][str(c)] = {"n_clean": len(clean_c), "n_adv": len(adv_c), "n_fingerprints":
+                                         len(bank["index"]), "fallback": fallback}
+        self._set_banks(banks)
+        self.fit_report_ = report
+        return self
+
+    def _layer_widths(self, total: int, x_probe: torch.Tensor) -> list[int]:
+        with torch.no_grad():
+            _, acts = activations(self.classifier_, x_probe.to(self.classifier_.device), self.layers_, self.pooling)
+        widths = [int(acts[n].shape[1]) for n in self.layers_]
+        smallest = min(widths) if self.subset == "layer" else total
+        if self.d > smallest:
+            where = "the smallest chosen layer" if self.subset == "layer" else "the concatenated layers"
+            raise ConfigError(f"d={self.d} neurons per fingerprint exceeds {where} ({smallest} neurons)")
+        return widths
+
+    def _candidates(self, widths: list[int], generator: torch.Generator) -> torch.Tensor:
+        """[n_candidates, d] neuron indices (distinct within a row) into the concatenated activations."""
+        if self.subset == "concat":  # chunked: a full [n_candidates, D] key matrix can take gigabytes
+            rows = [torch.rand(min(256, self.n_candidates - i), sum(widths), generator=generator).topk(self.d, dim=1).indices
+                    for i in range(0, self.n_candidates, 256)]
+            return torch.cat(rows)
+        offsets = torch.tensor([0, *np.cumsum(widths)[:-1].tolist()])
+        layer = torch.randint(len(widths), (self.n_candidates,), generator=generator)
+        out = torch.empty(self.n_candidates, self.d, dtype=torch.long)
+        for i, width in enumerate(widths):
+            rows = (layer == i).nonzero().flatten()
+            if len(rows):
+                keys = torch.rand(len(rows), width, generator=generator)
+                out[rows] = keys.topk(self.d, dim=1).indices + offsets[i]
+        return out
+
+    def _build_bank(
+        self, clean: torch.Tensor, adv: torch.Tensor, widths: list[int], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Sample candidates, apply the selection rule, keep the best `bank_size` by |Cohen's d|."""
+        index = self._candidates(widths, generator)
+        moments = [self._moments(clean, index[i : i + _CHUNK]) + self._moments(adv, index[i : i + _CHUNK])
+                   for i in range(0, len(index), _CHUNK)]
+        m_c, v_c, m_a, v_a = (torch.cat([m[j] for m in moments]).double() for j in range(4))
+        n_c, n_a = len(clean), len(adv)
+        v_c, v_a = v_c + _VAR_FLOOR, v_a + _VAR_FLOOR
+        se2 = v_c / n_c + v_a / n_a
+        t = (m_a - m_c) / se2.sqrt()
+        dof = se2**2 / ((v_c / n_c) ** 2 / (n_c - 1) + (v_a / n_a) ** 2 / (n_a - 1))
+        p = torch.from_numpy(2.0 * stats.t.sf(np.abs(t.numpy()), dof.numpy()))
+        pooled = (((n_c - 1) * v_c + (n_a - 1) * v_a) / (n_c + n_a - 2)).sqrt()
+        effect = (m_a - m_c) / pooled
+        keep = (p < self.max_p) & (effect.abs() >= self.min_effect) & torch.isfinite(effect)
+        order = keep.nonzero().flatten()
+        order = order[effect[order].abs().argsort(descending=True)][: self.bank_size]
+        return {
+            "index": index[order].to(torch.int32),
+            "mu_clean": m_c[order].float(), "sd_clean": v_c[order].sqrt().float(),
+            "mu_adv": m_a[order].float(), "sd_adv": v_a[order].sqrt().float(),
+            "effect": effect[order].float(),
+        }
+
+    @staticmethod
+    def _moments(features: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and unbiased variance over inputs of every candidate's value (mean of its neurons)."""
+        values = torch.nn.functional.embedding_bag(index, features.T.contiguous(), mode="mean")  # [n_cand, n]
+        return values.mean(1), values.var(1)
+
+    def _set_banks(self, banks: list[dict[str, torch.Tensor]]) -> None:
+        """Pad the per-class banks into [C, B, ...] tensors with per-class counts, for vectorised scoring."""
+        sizes = torch.tensor([len(b["index"]) for b in banks])
+        width = int(sizes.max())
+        self.bank_sizes_ = sizes
+
+        def stack(key: str, fill: float) -> torch.Tensor:
+            rows = []
+            for b in banks:
+                t = b[key]
+                pad = torch.full((width - len(t), *t.shape[1:]), fill, dtype=t.dtype)
+                rows.append(torch.cat([t, pad]))
+            return torch.stack(rows)
+
+        self.index_ = stack("index", 0)
+        self.mu_clean_, self.sd_clean_ = stack("mu_clean", 0.0), stack("sd_clean", 1.0)
+        self.mu_adv_, self.sd_adv_ = stack("mu_adv", 0.0), stack("sd_adv", 1.0)
+        self.effect_ = stack("effect", 0.0)
+
+    # -- scoring -----------------------------------------------------------------------------------------------
+    def draw(self, pred: torch.Tensor) -> torch.Tensor:
+        """Bank slots `[N, k]` (or `[N, B]` for sampling="all") to check for inputs predicted as `pred` `[N]`."""
+        sizes = self.bank_sizes_[pred]
+        width = self.index_.shape[1]
+        if self.sampling == "all":
+            return torch.arange(width).expand(len(pred), width)
+        if self.sampling == "fixed":
+            return torch.arange(self.k).expand(len(pred), self.k)
+        seed = self.random_state if self.sampling == "seeded" else secrets.randbits(63)
+        generator = torch.Generator().manual_seed(seed)
+        keys = torch.rand(len(pred), width, generator=generator)
+        keys[torch.arange(width)[None, :] >= sizes[:, None]] = math.inf  # never draw padding
+        return keys.topk(self.k, dim=1, largest=False).indices  # k distinct fingerprints per input
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Score `[N]` for images `x` `[N, C, H, W]` in the pixel bounds (higher = more adversarial)."""
+        self._check_fitted()
+        self.classifier_.check_input(x)
+        pred, feats = self._features(x.to(self.classifier_.device))
+        pred, feats = pred.cpu(), feats.cpu()
+        slots = self.draw(pred)  # [N, k]
+        neurons = self.index_[pred[:, None], slots].long()  # [N, k, d]
+        n, k, d = neurons.shape
+        values = feats.gather(1, neurons.view(n, k * d)).view(n, k, d).mean(-1)  # [N, k]
+        mu_c, sd_c = self.mu_clean_[pred[:, None], slots], self.sd_clean_[pred[:, None], slots]
+        mu_a, sd_a = self.mu_adv_[pred[:, None], slots], self.sd_adv_[pred[:, None], slots]
+        valid = (slots < self.bank_sizes_[pred][:, None]).float()  # only "all" can reach padding
+        z_c, z_a = (values - mu_c) / sd_c, (values - mu_a) / sd_a
+        log_clean = -0.5 * z_c**2 - sd_c.log()
+        log_adv = -0.5 * z_a**2 - sd_a.log()
+        if self.score_kind == "lr":
+            per_fp = log_adv - log_clean
+        elif self.score_kind == "anomaly":
+            per_fp = -log_clean
+        else:
+            per_fp = (z_a.abs() < z_c.abs()).float()
+        total = (per_fp * valid).sum(1)
+        return total / valid.sum(1) if self.score_kind == "vote" else total
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def state_dict_(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {"index": self.index_, "bank_sizes": self.bank_sizes_, "mu_clean": self.mu_clean_,
+                   "sd_clean": self.sd_clean_, "mu_adv": self.mu_adv_, "sd_adv": self.sd_adv_, "effect": self.effect_}
+        return tensors, {"layers": self.layers_, "fit_report": self.fit_report_}
+
+    def load_state_(self, tensors: dict[str, torch.Tensor], extras: dict[str, Any]) -> None:
+        self.index_, self.bank_sizes_ = tensors["index"], tensors["bank_sizes"]
+        self.mu_clean_, self.sd_clean_ = tensors["mu_clean"], tensors["sd_clean"]
+        self.mu_adv_, self.sd_adv_, self.effect_ = tensors["mu_adv"], tensors["sd_adv"], tensors["effect"]
+        self.layers_, self.fit_report_ = extras["layers"], extras["fit_report"]
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the fitted bank tensors."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict_()[0].values())
