@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from neuroprint.detectors import bank as _bank  # noqa: F401  (registers "bank")
 from neuroprint.detectors import lid as _lid  # noqa: F401  (registers "lid")
 from neuroprint.detectors import mahalanobis as _mahalanobis  # noqa: F401  (registers "mahalanobis")
 from neuroprint.detectors.base import Detector, FeatureSpec

@@ -60,7 +60,8 @@ class LIDDetector(Detector):
     nothing but the input and the fitted state. A clean fit image that belongs to the reference does not count
     itself as a neighbour (the paper drops the zero self-distance the same way). When `x_adv` has as many rows as
     `x`, row i of `x_adv` is taken to be the attack on `x[i]` (as attacks return them), and its own clean source is
-    excluded from its neighbours, as at deployment, where an input's clean source is never in the reference. The
+    excluded from its neighbours, as at deployment, where an input's clean source is never in the reference (for
+unpaired sets of equal length this drops one arbitrary candidate: harmless). The
     paper's noisy (Gaussian-perturbed) negatives are not used.
 
     Input `x` `[N, C, H, W]`, pixels in the classifier's bounds ([0, 1]); `score` returns `[N]` float32 and is

@@ -59,7 +59,8 @@ class MahalanobisDetector(Detector):
     Fit protocol (leak-free): a seeded share `stats_fraction` of the clean fit images estimates the Gaussians, and
     the rest (with their adversarial versions) trains the head, so the head never sees in-sample distances, which
     are smaller than those of unseen images. When `x_adv` has as many rows as `x`, row i of `x_adv` is taken to be
-    the attack on `x[i]`, and only the attacks on head images train the head. The noise magnitude eps is chosen
+    the attack on `x[i]`, and only the attacks on head images train the head (for unpaired sets of equal length
+this merely subsamples them). The noise magnitude eps is chosen
     from `noise_magnitudes` (default the paper's grid) by the AUC of a head (C = 1) fitted on a seeded share `1 -
     validation_fraction` of the head images and evaluated on the rest (ties go to the smaller eps); the final head
     (C chosen by cross-validation) is fitted on all head images.
