@@ -1,0 +1,90 @@
+"""Hyperparameter checks and the `"name:key=value,..."` spec syntax shared by every attack."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from neuroprint.errors import ConfigError
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Return `value` if it is an integer >= `minimum`, else raise `ConfigError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = True) -> float:
+    """Return `value` as a float if it lies in (`low`, `high`] (or [`low`, `high`]), else raise `ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high or math.isnan(value):
+        raise ConfigError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def check_eps(value: Any, name: str = "eps") -> float:
+    """An L-inf budget in pixel units of [0, 1] images: 0 < eps <= 1."""
+    return check_float(name, value, 0.0, 1.0)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return `value` if it is a bool, else raise `ConfigError`."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Return `value` if it is one of `choices`, else raise `ConfigError` listing them."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def check_seed(value: Any) -> int | None:
+    """`random_state`: None (draw from torch's global generator) or an integer >= 0."""
+    if value is None:
+        return None
+    return check_int("random_state", value, minimum=0)
+
+
+def parse_value(text: str) -> Any:
+    """Parse one spec value: `true`/`false` -> bool, `none` -> None, then int, then float, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text.strip()
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split `"name"` or `"name:key=value,key=value"` into the name and a dict of parsed values.
+
+    Example:
+        >>> parse_spec("pgd:eps=0.1,steps=20,random_start=false")
+        ('pgd', {'eps': 0.1, 'steps': 20, 'random_start': False})
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"an attack spec must be a non-empty string like 'pgd:eps=0.1,steps=20', got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"attack spec {spec!r} has no name before ':'")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise ConfigError(f"attack spec item {item!r} in {spec!r} is not of the form key=value")
+        if key in kwargs:
+            raise ConfigError(f"attack spec {spec!r} sets {key!r} twice")
+        kwargs[key] = parse_value(value)
+    return name, kwargs
