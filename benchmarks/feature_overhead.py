@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import emit, interleaved_medians
+
 from neuroprint.features import activations
 from neuroprint.models import Classifier, build_model
 

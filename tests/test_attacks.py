@@ -11,9 +11,9 @@ import torch
 from neuroprint.attacks import ATTACKS, AdversarialSet, AttackResult, build_adversarial_set, make_attack
 from neuroprint.attacks.base import Attack
 from neuroprint.attacks.foolbox_attacks import restore_failures
-from neuroprint.attacks.params import parse_spec
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.models import Classifier
+from neuroprint.specs import parse_spec
 
 # Small step counts keep the file fast; the bounds are what these settings reach on the tiny digits model.
 SPECS = {

@@ -72,7 +72,7 @@ def test_train_attack_evaluate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
         (["evaluate", "-d", "digits", "--detector", "lid", "-a", "pgd:eps=2"], "eps"),
         (["evaluate", "-d", "digits", "--detector", "lid", "-a", "fgsm", "--fit-attack", "pgd"], "fit attack"),
         (["attack", "-c", "/nonexistent/ck", "-a", "fgsm", "--out", "x"], "checkpoint directory"),
-        (["train", "-d", "mnist", "--data-path", "/tmp"], "takes no option"),
+        (["train", "-d", "mnist", "--data-path", "/tmp"], "unknown parameter(s) path for dataset 'mnist'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

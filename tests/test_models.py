@@ -56,7 +56,7 @@ def test_normalisation_happens_inside() -> None:
 
 def test_features_pooling_and_gradients(tiny_classifier: Classifier) -> None:
     x = torch.rand(4, 1, 8, 8, requires_grad=True)
-    logits, acts = activations(tiny_classifier, x)
+    _, acts = activations(tiny_classifier, x)
     assert list(acts) == list(tiny_classifier.layers)
     assert acts["conv1"].shape == (4, 8)  # average pooled conv map
     _, flat = activations(tiny_classifier, x, ["conv1"], pooling="flatten")

@@ -32,14 +32,14 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def create(self, name: str, **kwargs: Any) -> T:
-        """Call the factory of `name`; an option it does not take raises `ConfigError` listing those it takes."""
+        """Call the factory of `name`; a parameter it does not take raises `ConfigError` listing those it takes."""
         factory = self.get(name)
         params = inspect.signature(factory).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         unknown = sorted(set(kwargs) - set(params))
         if unknown and not takes_any:
             valid = ", ".join(p for p in params if p != "self") or "none"
-            raise ConfigError(f"{self.kind} {name!r} takes no option(s) {', '.join(unknown)}; valid: {valid}")
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {self.kind} {name!r}; valid: {valid}")
         return factory(**kwargs)
 
     def available(self) -> list[str]:

@@ -13,10 +13,10 @@ from neuroprint.attacks import jsma as _jsma  # noqa: F401
 from neuroprint.attacks import linf as _linf  # noqa: F401
 from neuroprint.attacks.adversarial_set import AdversarialSet, build_adversarial_set
 from neuroprint.attacks.base import Attack, AttackResult
-from neuroprint.attacks.params import parse_spec
 from neuroprint.attacks.torchattacks_adapter import TorchattacksAttack
 from neuroprint.errors import ConfigError
 from neuroprint.registry import ATTACKS
+from neuroprint.specs import parse_spec
 
 _TORCHATTACKS_PREFIX = "torchattacks."
 

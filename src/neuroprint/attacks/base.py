@@ -8,7 +8,6 @@ trusted: foolbox CW/EAD return all-zero images where they fail and call them suc
 """
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -155,20 +154,11 @@ def check_labels(y: Any, n: int, num_classes: int, name: str = "y") -> torch.Ten
 
 
 def register_attack(name: str) -> Callable[[type[A]], type[A]]:
-    """Class decorator: set `cls.name` and register a factory in `ATTACKS` that rejects unknown keyword args."""
+    """Class decorator: set `cls.name` and register the class in `ATTACKS` (which rejects unknown parameters)."""
 
     def decorator(cls: type[A]) -> type[A]:
         cls.name = name
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-        def factory(**kwargs: Any) -> A:
-            unknown = sorted(set(kwargs) - set(valid))
-            if unknown:
-                raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for attack {name!r}; valid: {', '.join(valid)}")
-            return cls(**kwargs)
-
-        factory.__doc__ = cls.__doc__
-        ATTACKS.register(name)(factory)
+        ATTACKS.register(name)(cls)
         return cls
 
     return decorator

@@ -1,4 +1,4 @@
-"""Hyperparameter checks and the `"name:key=value,..."` spec syntax shared by every attack."""
+"""Hyperparameter checks shared by every attack."""
 from __future__ import annotations
 
 import math
@@ -48,43 +48,3 @@ def check_seed(value: Any) -> int | None:
     if value is None:
         return None
     return check_int("random_state", value, minimum=0)
-
-
-def parse_value(text: str) -> Any:
-    """Parse one spec value: `true`/`false` -> bool, `none` -> None, then int, then float, else the string."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            continue
-    return text.strip()
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split `"name"` or `"name:key=value,key=value"` into the name and a dict of parsed values.
-
-    Example:
-        >>> parse_spec("pgd:eps=0.1,steps=20,random_start=false")
-        ('pgd', {'eps': 0.1, 'steps': 20, 'random_start': False})
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"an attack spec must be a non-empty string like 'pgd:eps=0.1,steps=20', got {spec!r}")
-    name, _, rest = spec.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise ConfigError(f"attack spec {spec!r} has no name before ':'")
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not value.strip():
-            raise ConfigError(f"attack spec item {item!r} in {spec!r} is not of the form key=value")
-        if key in kwargs:
-            raise ConfigError(f"attack spec {spec!r} sets {key!r} twice")
-        kwargs[key] = parse_value(value)
-    return name, kwargs

@@ -25,13 +25,14 @@ import torch
 
 from neuroprint.attacks import AdversarialSet, build_adversarial_set, make_attack
 from neuroprint.data import DataSplits, Split, load_dataset
-from neuroprint.detectors import make_detector
+from neuroprint.detectors import Detector, make_detector
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.evaluation import metrics
 from neuroprint.io import git_commit, versions
 from neuroprint.models.checkpoint import load_checkpoint, load_or_train
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import TrainConfig, accuracy
+from neuroprint.specs import parse_spec
 
 Log = Callable[[str], None]
 
@@ -46,7 +47,6 @@ class EvalConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
     detectors: list[str] = field(default_factory=lambda: ["lid", "mahalanobis"])
-    detector_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     fit_attacks: list[str] | None = None
     n_fit: int = 1000
     n_test: int = 1000
@@ -68,8 +68,13 @@ class EvalConfig:
             raise ConfigError(f"fit attack(s) {unknown} must also be among the evaluated attacks {self.attacks}")
         for spec in self.attacks:  # fail on bad names and values before any training or attacking
             make_attack(spec)
-        for name in self.detectors:
-            make_detector(name, **self.detector_params.get(name, {}))
+        for spec in self.detectors:
+            self.detector(spec)
+
+    def detector(self, spec: str) -> Detector:
+        """A fresh detector for `spec`, seeded with `seed` unless the spec sets `random_state` itself."""
+        name, params = parse_spec(spec)
+        return make_detector(name, **{"random_state": self.seed, **params})
 
 
 @dataclass
@@ -128,7 +133,6 @@ class EvalReport:
                 "n_fit": self.config.n_fit,
                 "n_test": self.config.n_test,
                 "fit_attacks": self.config.fit_attacks,
-                "detector_params": self.config.detector_params,
                 "train": self.config.train.__dict__,
             },
             "model": {"name": self.config.model, "dir": self.model_dir, "clean_accuracy": self.clean_accuracy},
@@ -241,7 +245,7 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
     for name in config.detectors:
         for fit_group in groups:
             x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
-            detector = make_detector(name, random_state=config.seed, **config.detector_params.get(name, {}))
+            detector = config.detector(name)
             log(f"fit {name} on {len(val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
             start = time.perf_counter()
             detector.fit(classifier, val_clean.x, val_clean.y, x_adv_fit)

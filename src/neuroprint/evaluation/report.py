@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from neuroprint.evaluation.protocol import EvalReport  # noqa: E402
-from neuroprint.io import atomic_path, write_json  # noqa: E402
+from neuroprint.evaluation.protocol import EvalReport
+from neuroprint.io import atomic_path, write_json
 
 
 def markdown_table(report: EvalReport) -> str:

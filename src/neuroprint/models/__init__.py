@@ -9,4 +9,4 @@ def build_model(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
     return MODELS.create(name, **kwargs)
 
 
-__all__ = ["Classifier", "MODELS", "build_model", "check_images"]
+__all__ = ["MODELS", "Classifier", "build_model", "check_images"]

@@ -101,7 +101,7 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         raise InputError(f"expected model weights at {path}, but the file does not exist")
     try:
         state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors and torch raise several types on corrupt files
+    except Exception as exc:  # noqa: BLE001  (safetensors and torch raise several types on corrupt files)
         raise InputError(f"cannot read model weights from {path} ({str(exc).splitlines()[0]})") from None
     try:
         module.load_state_dict(state)
