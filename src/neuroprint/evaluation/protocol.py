@@ -95,20 +95,24 @@ class AttackSummary:
 
 @dataclass
 class DetectionResult:
-    """Metrics of one detector on one test attack (AUC, TPR and FPR as fractions in [0, 1])."""
+    """Metrics of one detector on one test attack (AUC, TPR and FPR as fractions in [0, 1]).
+
+    When the detector could not be fit, `error` says why and the metrics are None.
+    """
 
     detector: str
     attack: str
     fit_attacks: list[str]
-    auc: float
-    tpr_at_fpr05: float
-    fpr_at_tpr95: float
-    fpr_at_tpr99: float
-    detection_accuracy: float
-    n_clean: int
-    n_adv: int
-    fit_seconds: float
-    score_seconds_per_image: float
+    auc: float | None = None
+    tpr_at_fpr05: float | None = None
+    fpr_at_tpr95: float | None = None
+    fpr_at_tpr99: float | None = None
+    detection_accuracy: float | None = None
+    n_clean: int = 0
+    n_adv: int = 0
+    fit_seconds: float | None = None
+    score_seconds_per_image: float | None = None
+    error: str | None = None
     roc: tuple[list[float], list[float]] = field(repr=False, default=([], []))
 
 
@@ -244,41 +248,66 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
     results: list[DetectionResult] = []
     for name in config.detectors:
         for fit_group in groups:
-            x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
-            detector = config.detector(name)
-            log(f"fit {name} on {len(val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
-            start = time.perf_counter()
-            detector.fit(classifier, val_clean.x, val_clean.y, x_adv_fit)
-            detector.calibrate(val_clean.x, fpr=0.05)
-            fit_seconds = time.perf_counter() - start
-            clean_scores = _scores(detector, test_clean.x)
             tested = config.attacks if config.fit_attacks is not None else fit_group
-            for spec in tested:
-                adv = adv_sets[spec, "test"]
-                x_adv = adv.x_adv[adv.success]
-                start = time.perf_counter()
-                adv_scores = _scores(detector, x_adv)
-                per_image = (time.perf_counter() - start) / len(x_adv)
-                fprs, tprs = metrics.roc(clean_scores, adv_scores)
-                results.append(
-                    DetectionResult(
-                        detector=name,
-                        attack=spec,
-                        fit_attacks=fit_group,
-                        auc=metrics.auc(clean_scores, adv_scores),
-                        tpr_at_fpr05=metrics.tpr_at_fpr(clean_scores, adv_scores, 0.05),
-                        fpr_at_tpr95=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.95),
-                        fpr_at_tpr99=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.99),
-                        detection_accuracy=metrics.detection_accuracy(clean_scores, adv_scores, detector.threshold_),
-                        n_clean=len(clean_scores),
-                        n_adv=len(adv_scores),
-                        fit_seconds=fit_seconds,
-                        score_seconds_per_image=per_image,
-                        roc=(fprs.tolist(), tprs.tolist()),
-                    )
-                )
-                log(f"  {name} vs {spec}: AUC {results[-1].auc:.4f}, TPR@5%FPR {results[-1].tpr_at_fpr05:.4f}")
+            results += _fit_and_test(config, classifier, name, fit_group, tested, val_clean, test_clean, adv_sets, log)
     return EvalReport(config, clean_acc, str(model_dir), summaries, results)
+
+
+def _fit_and_test(
+    config: EvalConfig,
+    classifier: Classifier,
+    spec: str,
+    fit_group: list[str],
+    tested: list[str],
+    val_clean: Split,
+    test_clean: Split,
+    adv_sets: dict[tuple[str, str], AdversarialSet],
+    log: Log,
+) -> list[DetectionResult]:
+    """Fit detector `spec` on validation clean + `fit_group` adversarial examples; test it on every `tested` attack.
+
+    A detector that cannot be fit on this data (an `InputError`, e.g. no fingerprint passes the selection rule)
+    gives results with `error` set and no metrics, so one failure does not end a long evaluation.
+    """
+    x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
+    detector = config.detector(spec)
+    log(f"fit {spec} on {len(val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
+    start = time.perf_counter()
+    try:
+        detector.fit(classifier, val_clean.x, val_clean.y, x_adv_fit)
+    except InputError as exc:
+        log(f"  {spec} could not be fit on {'+'.join(fit_group)}: {exc}")
+        return [DetectionResult(spec, attack, fit_group, error=str(exc)) for attack in tested]
+    detector.calibrate(val_clean.x, fpr=0.05)
+    fit_seconds = time.perf_counter() - start
+    clean_scores = _scores(detector, test_clean.x)
+    results = []
+    for attack in tested:
+        adv = adv_sets[attack, "test"]
+        x_adv = adv.x_adv[adv.success]
+        start = time.perf_counter()
+        adv_scores = _scores(detector, x_adv)
+        per_image = (time.perf_counter() - start) / len(x_adv)
+        fprs, tprs = metrics.roc(clean_scores, adv_scores)
+        results.append(
+            DetectionResult(
+                detector=spec,
+                attack=attack,
+                fit_attacks=fit_group,
+                auc=metrics.auc(clean_scores, adv_scores),
+                tpr_at_fpr05=metrics.tpr_at_fpr(clean_scores, adv_scores, 0.05),
+                fpr_at_tpr95=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.95),
+                fpr_at_tpr99=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.99),
+                detection_accuracy=metrics.detection_accuracy(clean_scores, adv_scores, detector.threshold_),
+                n_clean=len(clean_scores),
+                n_adv=len(adv_scores),
+                fit_seconds=fit_seconds,
+                score_seconds_per_image=per_image,
+                roc=(fprs.tolist(), tprs.tolist()),
+            )
+        )
+        log(f"  {spec} vs {attack}: AUC {results[-1].auc:.4f}, TPR@5%FPR {results[-1].tpr_at_fpr05:.4f}")
+    return results
 
 
 def _scores(detector: Any, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:

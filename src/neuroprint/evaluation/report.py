@@ -20,7 +20,11 @@ def markdown_table(report: EvalReport) -> str:
     """
     attacks = [a.spec for a in report.attacks if a.split == "test"]
     detectors = list(dict.fromkeys(r.detector for r in report.results))
-    cell = {(r.detector, r.attack): f"{100 * r.auc:.2f} / {100 * r.tpr_at_fpr05:.1f}" for r in report.results}
+    cell = {
+        (r.detector, r.attack): "fit failed" if r.auc is None or r.tpr_at_fpr05 is None
+        else f"{100 * r.auc:.2f} / {100 * r.tpr_at_fpr05:.1f}"
+        for r in report.results
+    }
     fit = report.config.fit_attacks
     lines = [
         f"Detection on {report.config.dataset} (model clean accuracy {100 * report.clean_accuracy:.2f}%), "
@@ -48,8 +52,8 @@ def roc_plot(report: EvalReport, path: str | Path) -> None:
     rows = math.ceil(len(attacks) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
     for ax, attack in zip(axes.flat, attacks, strict=False):
-        for r in (r for r in report.results if r.attack == attack):
-            ax.plot(r.roc[0], r.roc[1], label=f"{r.detector} (AUC {100 * r.auc:.1f})")
+        for r in (r for r in report.results if r.attack == attack and r.auc is not None):
+            ax.plot(r.roc[0], r.roc[1], label=f"{r.detector} (AUC {100 * (r.auc or 0):.1f})")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
         ax.set(title=attack, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(loc="lower right", fontsize=8)
