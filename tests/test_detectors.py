@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from neuroprint.attacks import make_attack
 from neuroprint.data import DataSplits
 from neuroprint.detectors import DETECTORS, Detector, make_detector
 from neuroprint.detectors.lid import LIDDetector, lid_mle, pairwise_distances
@@ -18,32 +19,20 @@ from neuroprint.errors import ConfigError, InputError, NotFittedError
 from neuroprint.features import extract
 from neuroprint.models import Classifier
 
-DIFFERENTIABLE = ["lid", "mahalanobis"]
+DIFFERENTIABLE = ["bank", "lid", "mahalanobis"]  # detectors whose docstring promises a differentiable score
 FEATURE_MODE = {"mahalanobis": {"noise_magnitudes": [0.0]}}  # parameters under which a detector shares features
-
-
-def pgd(classifier: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float = 0.3, steps: int = 10) -> torch.Tensor:
-    """L-inf PGD with a seeded random start (Madry et al. 2018, arXiv 1706.06083), step 2.5 * eps / steps."""
-    generator = torch.Generator().manual_seed(0)
-    x_adv = (x + eps * (2 * torch.rand(x.shape, generator=generator) - 1)).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(classifier(x_adv), y)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = x_adv.detach() + 2.5 * eps / steps * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
 
 
 @pytest.fixture(scope="module")
 def sets(tiny_classifier: Classifier, digits: DataSplits) -> dict[str, torch.Tensor]:
     """Fit set = digits validation split (clean + PGD); held-out set = digits test split (clean + PGD)."""
+    pgd = make_attack("pgd:eps=0.3,alpha=0.075,steps=10")  # step 2.5 * eps / steps: every digit is misclassified
     return {
         "x": digits.val.x,
         "y": digits.val.y,
-        "x_adv": pgd(tiny_classifier, digits.val.x, digits.val.y),
+        "x_adv": pgd(tiny_classifier, digits.val.x, digits.val.y).x_adv,
         "x_test": digits.test.x,
-        "x_test_adv": pgd(tiny_classifier, digits.test.x, digits.test.y),
+        "x_test_adv": pgd(tiny_classifier, digits.test.x, digits.test.y).x_adv,
     }
 
 
@@ -188,6 +177,16 @@ def test_lid_reference_points_do_not_count_themselves(tiny_classifier: Classifie
         by_hand = lid_mle(pairwise_distances(acts["fc1"][i : i + 1], others), 5)
         torch.testing.assert_close(fit_time[i, 0], by_hand[0].float())
     assert bool((detector._lids(acts, None) < 0.5 * fit_time).all())  # a zero self-distance would drag LID down
+
+
+def test_lid_averages_over_reference_batches(tiny_classifier: Classifier, sets: dict[str, torch.Tensor]) -> None:
+    detector = LIDDetector(k=5, batch_size=20, n_batches=3, layers=["fc1"])
+    detector.fit(tiny_classifier, sets["x"], sets["y"], sets["x_adv"])
+    assert len(set(detector.reference_index_.tolist())) == 60
+    acts = extract(tiny_classifier, sets["x_test"][:10], ["fc1"], "flatten")["fc1"]
+    batches = detector.reference_["fc1"].view(3, 20, -1)
+    by_hand = torch.stack([lid_mle(pairwise_distances(acts, batch), 5) for batch in batches]).mean(0)
+    torch.testing.assert_close(detector.lid(sets["x_test"][:10])[:, 0], by_hand.float())
 
 
 def test_lid_needs_more_clean_images_than_k(tiny_classifier: Classifier, sets: dict[str, torch.Tensor]) -> None:

@@ -49,20 +49,21 @@ class LIDDetector(Detector):
     arXiv 1801.02613).
 
     For every layer in `layers` (default: the classifier's `layers`; activations flattened, as in the paper), the
-    MLE LID of an input is estimated from its `k` nearest neighbours in a minibatch of `batch_size` clean points;
-    a logistic regression on the per-layer LIDs (clean = 0, adversarial = 1) gives the score, its logit: **higher =
-    more adversarial**.
+    MLE LID of an input is estimated from its `k` nearest neighbours in a minibatch of `batch_size` clean points
+    (with `n_batches > 1`: averaged over that many disjoint minibatches, which lowers the estimator's noise while
+    keeping the paper's k and batch size, hence its scale); a logistic regression on the per-layer LIDs (clean = 0,
+    adversarial = 1) gives the score, its logit: **higher = more adversarial**.
 
-    Reference-batch protocol (leak-free and deployable): the paper estimates LID inside random minibatches of
-    the evaluation data itself, which needs a batch of clean test points at test time. Here `fit` draws one seeded
-    sample of `batch_size` clean fit images (`random_state`) and stores its activations as the fixed reference
-    minibatch; every input, at fit and at score time, is compared with that minibatch only, so a score depends on
-    nothing but the input and the fitted state. A clean fit image that belongs to the reference does not count
-    itself as a neighbour (the paper drops the zero self-distance the same way). When `x_adv` has as many rows as
-    `x`, row i of `x_adv` is taken to be the attack on `x[i]` (as attacks return them), and its own clean source is
-    excluded from its neighbours, as at deployment, where an input's clean source is never in the reference (for
-unpaired sets of equal length this drops one arbitrary candidate: harmless). The
-    paper's noisy (Gaussian-perturbed) negatives are not used.
+    Reference-batch protocol (leak-free and deployable): the paper estimates LID inside random minibatches of the
+    evaluation data itself, which needs a batch of clean test points at test time. Here `fit` draws one seeded
+    sample of `n_batches * batch_size` clean fit images (`random_state`) and stores its activations as fixed
+    reference minibatches; every input, at fit and at score time, is compared with those minibatches only, so a
+    score depends on nothing but the input and the fitted state. A clean fit image that belongs to the reference
+    does not count itself as a neighbour (the paper drops the zero self-distance the same way). When `x_adv` has as
+    many rows as `x`, row i of `x_adv` is taken to be the attack on `x[i]` (as attacks return them), and its own
+    clean source is excluded from its neighbours, as at deployment, where an input's clean source is never in the
+    reference (for unpaired sets of equal length this drops one arbitrary candidate: harmless). The paper's noisy
+    (Gaussian-perturbed) negatives are not used.
 
     Input `x` `[N, C, H, W]`, pixels in the classifier's bounds ([0, 1]); `score` returns `[N]` float32 and is
     differentiable with respect to `x` (distances and `topk` in torch).
@@ -82,6 +83,7 @@ unpaired sets of equal length this drops one arbitrary candidate: harmless). The
         self,
         k: int = 20,
         batch_size: int = 100,
+        n_batches: int = 1,
         layers: Sequence[str] | None = None,
         pooling: Pooling = "flatten",
         cv_folds: int = 5,
@@ -91,6 +93,8 @@ unpaired sets of equal length this drops one arbitrary candidate: harmless). The
             raise ConfigError(f"k must be >= 1, got {k}")
         if batch_size <= k:
             raise ConfigError(f"batch_size must be > k (the neighbours come from the batch), got {batch_size} <= {k}")
+        if n_batches < 1:
+            raise ConfigError(f"n_batches must be >= 1, got {n_batches}")
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
         if layers is not None and (isinstance(layers, str) or len(layers) == 0):
@@ -98,6 +102,7 @@ unpaired sets of equal length this drops one arbitrary candidate: harmless). The
         LogisticHead(cv_folds, random_state)  # validates cv_folds
         self.k = k
         self.batch_size = batch_size
+        self.n_batches = n_batches
         self.layers = None if layers is None else list(layers)
         self.pooling = pooling
         self.cv_folds = cv_folds
@@ -137,12 +142,16 @@ unpaired sets of equal length this drops one arbitrary candidate: harmless). The
         return tuple(self.layers) if self.layers is not None else classifier.layers
 
     def _start_fit(self, classifier: Classifier, n_clean: int) -> None:
-        if min(n_clean, self.batch_size) <= self.k:
-            raise InputError(f"lid with k={self.k} needs more than {self.k} clean images, got {n_clean}")
+        per_batch = min(n_clean // self.n_batches, self.batch_size)
+        if per_batch <= self.k:
+            raise InputError(
+                f"lid with k={self.k}, n_batches={self.n_batches} needs more than {self.k * self.n_batches} clean "
+                f"images, got {n_clean}"
+            )
         self.layers_ = self._layers_of(classifier)
         generator = torch.Generator().manual_seed(self.random_state)
-        index = torch.randperm(n_clean, generator=generator)[: self.batch_size]
-        self.reference_index_ = index.sort().values
+        index = torch.randperm(n_clean, generator=generator)[: per_batch * self.n_batches]
+        self.reference_index_ = index.view(self.n_batches, per_batch).sort(dim=1).values.flatten()
 
     def _self_columns(self, n: int) -> torch.Tensor:
         """`[n]`: the reference column holding input i itself (or its clean source), -1 where none does."""
@@ -207,7 +216,8 @@ unpaired sets of equal length this drops one arbitrary candidate: harmless). The
             own = torch.zeros_like(dist, dtype=torch.bool)
             own[rows, exclude[rows]] = True
             dist = dist.masked_fill(own, float("inf"))
-        return lid_mle(dist, self.k).float()
+        n, batches = len(dist), dist.view(len(dist), self.n_batches, -1)  # reference batch j = columns j*M..(j+1)*M
+        return lid_mle(batches.flatten(0, 1), self.k).view(n, self.n_batches).mean(1).float()
 
     # -- persistence --------------------------------------------------------------------------------------------
     def state_dict_(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
