@@ -196,7 +196,9 @@ def test_bad_parameters(kwargs: dict, match: str) -> None:
 
 def test_d_larger_than_layer_and_too_few_fingerprints(tiny_classifier: Classifier, digits: DataSplits) -> None:
     x, y = digits.val.x[:60], digits.val.y[:60]
-    with pytest.raises(ConfigError, match="exceeds the smallest chosen layer"):
-        BankDetector(layers=["fc1", "logits"], subset="layer", d=20).fit(tiny_classifier, x, y, x)
+    with pytest.raises(ConfigError, match="exceeds every chosen layer"):
+        BankDetector(layers=["fc1", "logits"], subset="layer", d=100).fit(tiny_classifier, x, y, x)
+    with pytest.raises(ConfigError, match="exceeds the concatenated layers"):
+        BankDetector(layers=["fc1", "logits"], subset="concat", d=100).fit(tiny_classifier, x, y, x)
     with pytest.raises(InputError, match="fingerprints pass the selection rule"):
         BankDetector(d=4, n_candidates=200, k=5).fit(tiny_classifier, x, y, x)  # "adversarial" = clean: no signal

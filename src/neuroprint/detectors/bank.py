@@ -61,8 +61,9 @@ class BankDetector(Detector):
 
     - `layers`: layer names, or None for the authors' default (`authors_default_layers`); `pooling`: "flatten"
       (default, every neuron) or "avg" (one value per conv channel).
-    - `d`: neurons per fingerprint; `subset`: "concat" (any neurons of the concatenated layers) or "layer" (all d
-      neurons from one layer, chosen at random per candidate).
+    - `d`: neurons per fingerprint; `subset`: "layer" (all d neurons from one layer, chosen at random per
+      candidate among the layers with at least d neurons) or "concat" (any neurons of the concatenated layers;
+      with flattened conv maps these dominate the concatenation, which hides the small dense layers).
     - `n_candidates` sampled per class, `bank_size` kept per class (best |Cohen's d| first), `k` drawn per input.
     - `max_p` (Welch t-test) and `min_effect` (|Cohen's d|): the selection rule.
     - `min_adv`: a class with fewer adversarial examples attacked to it (or fewer clean examples) uses a bank
@@ -76,7 +77,7 @@ class BankDetector(Detector):
         layers: Sequence[str] | None = None,
         pooling: Pooling = "flatten",
         d: int = 50,
-        subset: Literal["concat", "layer"] = "concat",
+        subset: Literal["concat", "layer"] = "layer",
         n_candidates: int = 10000,
         bank_size: int = 2000,
         k: int = 30,
@@ -139,12 +140,14 @@ class BankDetector(Detector):
         classifier.layer_outputs(x[:1].to(classifier.device), self.layers_)  # unknown layer names fail here
         _, f_clean = self._batched_features(x)
         adv_pred, f_adv = self._batched_features(x_adv)
-        widths = self._layer_widths(f_clean.shape[1], x[:2])
+        widths = self._layer_widths(x[:2])
         generator = torch.Generator().manual_seed(self.random_state)
 
         n_classes = classifier.num_classes
         banks: list[dict[str, torch.Tensor]] = []
-        report: dict[str, Any] = {"classes": {}, "fallback_classes": []}
+        report: dict[str, Any] = {"classes": {}, "fallback_classes": [],
+                                  "sampled_layers": [n for n, w in zip(self.layers_, widths, strict=True)
+                                                     if self.subset == "concat" or w >= self.d]}
         shared: dict[str, torch.Tensor] | None = None
         for c in range(n_classes):
             clean_c, adv_c = f_clean[y.cpu() == c], f_adv[adv_pred == c]
@@ -171,14 +174,16 @@ class BankDetector(Detector):
         self.fit_report_ = report
         return self
 
-    def _layer_widths(self, total: int, x_probe: torch.Tensor) -> list[int]:
+    def _layer_widths(self, x_probe: torch.Tensor) -> list[int]:
+        """Neurons per chosen layer (in "layer" mode, layers narrower than `d` are never sampled)."""
         with torch.no_grad():
             _, acts = activations(self.classifier_, x_probe.to(self.classifier_.device), self.layers_, self.pooling)
         widths = [int(acts[n].shape[1]) for n in self.layers_]
-        smallest = min(widths) if self.subset == "layer" else total
-        if self.d > smallest:
-            where = "the smallest chosen layer" if self.subset == "layer" else "the concatenated layers"
-            raise ConfigError(f"d={self.d} neurons per fingerprint exceeds {where} ({smallest} neurons)")
+        if self.subset == "concat" and self.d > sum(widths):
+            raise ConfigError(f"d={self.d} neurons per fingerprint exceeds the concatenated layers ({sum(widths)} neurons)")
+        if self.subset == "layer":
+            if self.d > max(widths):
+                raise ConfigError(f"d={self.d} neurons per fingerprint exceeds every chosen layer (widest: {max(widths)})")
         return widths
 
     def _candidates(self, widths: list[int], generator: torch.Generator) -> torch.Tensor:
@@ -188,8 +193,9 @@ class BankDetector(Detector):
                     for i in range(0, self.n_candidates, 256)]
             return torch.cat(rows)
         offsets = torch.tensor([0, *np.cumsum(widths)[:-1].tolist()])
-        layer = torch.randint(len(widths), (self.n_candidates,), generator=generator)
         out = torch.empty(self.n_candidates, self.d, dtype=torch.long)
+        usable = torch.tensor([i for i, w in enumerate(widths) if w >= self.d])
+        layer = usable[torch.randint(len(usable), (self.n_candidates,), generator=generator)]
         for i, width in enumerate(widths):
             rows = (layer == i).nonzero().flatten()
             if len(rows):

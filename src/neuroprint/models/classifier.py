@@ -56,7 +56,11 @@ class Classifier(nn.Module):
         return next(self.module.parameters()).device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits `[N, num_classes]` for pixels `x` `[N, C, H, W]` in `bounds`."""
+        """Logits `[N, num_classes]` (on the model's device) for pixels `x` `[N, C, H, W]` in `bounds`.
+
+        `x` may live on any device: it is moved to the model's (differentiably), so callers need not track it.
+        """
+        x = x.to(self.mean.device)
         return self.module((x - self.mean) / self.std)
 
     logits = forward
