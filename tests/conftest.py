@@ -8,6 +8,10 @@ from neuroprint.data import DataSplits, load_dataset
 from neuroprint.models import Classifier, build_model
 from neuroprint.models.training import TrainConfig, train
 
+# The suite runs on 2 cores with 2 pytest workers: one thread each avoids oversubscription (several times slower
+# for the tiny models used here).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def digits() -> DataSplits:

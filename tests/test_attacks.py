@@ -32,15 +32,6 @@ MIN_SUCCESS = {"fgsm": 0.5, "bim-a": 0.9, "bim-b": 0.9, "pgd": 0.9, "mifgsm": 0.
 LINF = {"fgsm", "bim-a", "bim-b", "pgd", "mifgsm"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run ~10x faster on one thread when other jobs share the CPU; restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def batch(tiny_classifier: Classifier, digits) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
     """32 correctly classified digits test images and their labels."""
