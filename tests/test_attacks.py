@@ -3,7 +3,6 @@ adversarial sets on disk."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
