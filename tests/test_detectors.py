@@ -19,6 +19,10 @@ from neuroprint.errors import ConfigError, InputError, NotFittedError
 from neuroprint.features import extract
 from neuroprint.models import Classifier
 
+# Parameters for the 8x8 digits where a detector's defaults are sized for MNIST/CIFAR (others use their defaults).
+CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
+    "bank": {"d": 8, "n_candidates": 1500, "bank_size": 300, "k": 10, "min_adv": 5, "max_p": 0.01, "min_effect": 0.8},
+}
 DIFFERENTIABLE = ["bank", "lid", "mahalanobis"]  # detectors whose docstring promises a differentiable score
 FEATURE_MODE = {"mahalanobis": {"noise_magnitudes": [0.0]}}  # parameters under which a detector shares features
 
@@ -36,9 +40,14 @@ def sets(tiny_classifier: Classifier, digits: DataSplits) -> dict[str, torch.Ten
     }
 
 
+def build(name: str, **params: Any) -> Detector:
+    """`make_detector(name)` with the digits-sized `CONTRACT_PARAMS`, overridden by `params`."""
+    return make_detector(name, **{**CONTRACT_PARAMS.get(name, {}), **params})
+
+
 @pytest.fixture(scope="module", params=DETECTORS.available())
 def fitted(request: pytest.FixtureRequest, tiny_classifier: Classifier, sets: dict[str, torch.Tensor]) -> Detector:
-    detector = make_detector(request.param)
+    detector = build(request.param)
     return detector.fit(tiny_classifier, sets["x"], sets["y"], sets["x_adv"])
 
 
@@ -77,7 +86,7 @@ def test_save_load_round_trip_scores_identically(
 def test_fit_features_matches_fit_on_images(
     fitted: Detector, tiny_classifier: Classifier, sets: dict[str, torch.Tensor]
 ) -> None:
-    detector = make_detector(fitted.name, **FEATURE_MODE.get(fitted.name, {}))
+    detector = build(fitted.name, **FEATURE_MODE.get(fitted.name, {}))
     spec = detector.feature_spec
     if spec is None:
         pytest.skip(f"{fitted.name} reads images, not shared features")
@@ -86,7 +95,7 @@ def test_fit_features_matches_fit_on_images(
         return extract(tiny_classifier, x, spec.layers, spec.pooling)
 
     detector.fit_features(tiny_classifier, feats(sets["x"]), sets["y"], feats(sets["x_adv"]))
-    twin = make_detector(detector.name, **detector.get_params()).fit(tiny_classifier, sets["x"], sets["y"], sets["x_adv"])
+    twin = build(detector.name, **detector.get_params()).fit(tiny_classifier, sets["x"], sets["y"], sets["x_adv"])
     x = sets["x_test_adv"][:40]
     torch.testing.assert_close(detector.score_features(feats(x)), detector.score(x), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(detector.score(x), twin.score(x), rtol=1e-3, atol=1e-3)
@@ -94,7 +103,7 @@ def test_fit_features_matches_fit_on_images(
 
 @pytest.mark.parametrize("name", DETECTORS.available())
 def test_fits_unpaired_adversarial_sets(name: str, tiny_classifier: Classifier, sets: dict[str, torch.Tensor]) -> None:
-    detector = make_detector(name).fit(tiny_classifier, sets["x"][:150], sets["y"][:150], sets["x_adv"][150:])
+    detector = build(name).fit(tiny_classifier, sets["x"][:150], sets["y"][:150], sets["x_adv"][150:])
     scores = detector.score(sets["x_test_adv"][:20])
     assert scores.shape == (20,) and bool(torch.isfinite(scores).all())
 
@@ -119,16 +128,16 @@ def test_bad_inputs_raise_input_error(fitted: Detector, tiny_classifier: Classif
     for what, bad in _bad_images(x).items():
         with pytest.raises(InputError):
             fitted.score(bad)
-        fresh = make_detector(fitted.name)
+        fresh = build(fitted.name)
         with pytest.raises(InputError):
             fresh.fit(tiny_classifier, bad, y[: len(bad)], x_adv[: len(bad)])
         with pytest.raises(InputError):
             fresh.fit(tiny_classifier, x, y, bad)
         assert getattr(fresh, "classifier_", None) is None, what
     with pytest.raises(InputError):
-        make_detector(fitted.name).fit(tiny_classifier, x, y)  # x_adv missing
+        build(fitted.name).fit(tiny_classifier, x, y)  # x_adv missing
     with pytest.raises(InputError):
-        make_detector(fitted.name).fit(tiny_classifier, x, y[:10], x_adv)
+        build(fitted.name).fit(tiny_classifier, x, y[:10], x_adv)
 
 
 def test_unknown_detector_or_parameter_raises_config_error() -> None:

@@ -59,11 +59,12 @@ class MahalanobisDetector(Detector):
     Fit protocol (leak-free): a seeded share `stats_fraction` of the clean fit images estimates the Gaussians, and
     the rest (with their adversarial versions) trains the head, so the head never sees in-sample distances, which
     are smaller than those of unseen images. When `x_adv` has as many rows as `x`, row i of `x_adv` is taken to be
-    the attack on `x[i]`, and only the attacks on head images train the head (for unpaired sets of equal length
-this merely subsamples them). The noise magnitude eps is chosen
-    from `noise_magnitudes` (default the paper's grid) by the AUC of a head (C = 1) fitted on a seeded share `1 -
-    validation_fraction` of the head images and evaluated on the rest (ties go to the smaller eps); the final head
-    (C chosen by cross-validation) is fitted on all head images.
+    the attack on `x[i]`, and only the attacks on head images train the head (for unpaired sets of equal length this
+    merely subsamples them). The noise magnitude eps is chosen from `noise_magnitudes` (default the paper's grid) by
+    the AUC of a head (C = 1) fitted on a seeded share `1 - validation_fraction` of the head images and evaluated on
+    the rest (ties go to the smaller eps); the final head (C chosen by cross-validation) is fitted on all head
+    images. Note: the stats images score as less adversarial than unseen clean images, so calibrate the threshold on
+    clean images not used in `fit`.
 
     Input `x` `[N, C, H, W]`, pixels in the classifier's bounds ([0, 1]); `score` returns `[N]` float32. It is
     differentiable with respect to `x` except through the pre-processing direction sign(grad), which is treated
