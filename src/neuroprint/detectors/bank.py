@@ -181,9 +181,8 @@ class BankDetector(Detector):
         widths = [int(acts[n].shape[1]) for n in self.layers_]
         if self.subset == "concat" and self.d > sum(widths):
             raise ConfigError(f"d={self.d} neurons per fingerprint exceeds the concatenated layers ({sum(widths)} neurons)")
-        if self.subset == "layer":
-            if self.d > max(widths):
-                raise ConfigError(f"d={self.d} neurons per fingerprint exceeds every chosen layer (widest: {max(widths)})")
+        if self.subset == "layer" and self.d > max(widths):
+            raise ConfigError(f"d={self.d} neurons per fingerprint exceeds every chosen layer (widest: {max(widths)})")
         return widths
 
     def _candidates(self, widths: list[int], generator: torch.Generator) -> torch.Tensor:

@@ -73,7 +73,8 @@ class Detector:
         """Set `threshold_` so that a share `fpr` of the clean images `x_clean` is flagged."""
         if not 0.0 < fpr < 1.0:
             raise ConfigError(f"fpr must be in (0, 1), got {fpr}")
-        scores = self.score(x_clean).detach().double()
+        with torch.no_grad():
+            scores = self.score(x_clean).double()
         self.threshold_ = float(torch.quantile(scores, 1.0 - fpr))
         return self
 
@@ -81,7 +82,8 @@ class Detector:
         """Bool `[N]`: True where `x` is flagged as adversarial (score above `threshold_`)."""
         if getattr(self, "threshold_", None) is None:
             raise NotFittedError(f"{self.name} has no threshold: call calibrate(x_clean) first")
-        return self.score(x).detach() > self.threshold_
+        with torch.no_grad():
+            return self.score(x) > self.threshold_
 
     # -- helpers for subclasses ----------------------------------------------------------------------------------
     def _check_fitted(self) -> None:

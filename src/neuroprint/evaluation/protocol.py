@@ -5,8 +5,9 @@
   no test image is ever seen while fitting.
 - Only correctly classified clean images count, and only successful adversarial examples (success rates are
   reported beside the detection metrics).
-- Detectors are fit on validation clean + validation adversarial examples; thresholds come from clean validation
-  scores only. With `fit_attacks`, every detector is fit once on those attacks and tested on all attacks
+- Detectors are fit on validation clean + validation adversarial examples; thresholds come from the scores of
+  clean validation images held out from fitting (a quarter of them: images a detector was fit on look "too
+  clean", e.g. Mahalanobis' Gaussians, and would give a threshold with the wrong false-positive rate). With `fit_attacks`, every detector is fit once on those attacks and tested on all attacks
   (unseen-attack generalisation).
 - Trained models and adversarial sets are cached on disk, keyed by their configuration.
 """
@@ -229,6 +230,8 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
     val_clean_idx, val_adv_idx = draw_sources(len(data.val), config.n_fit, config.seed)
     test_clean_idx, test_adv_idx = draw_sources(len(data.test), config.n_test, config.seed + 1)
     val_clean = correct_clean(classifier, data.val, val_clean_idx)
+    calib_mask = torch.rand(len(val_clean), generator=torch.Generator().manual_seed(config.seed + 2)) < 0.25
+    val_calib, val_clean = val_clean.subset(calib_mask), val_clean.subset(~calib_mask)
     test_clean = correct_clean(classifier, data.test, test_clean_idx)
 
     summaries: list[AttackSummary] = []
@@ -249,7 +252,9 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
     for name in config.detectors:
         for fit_group in groups:
             tested = config.attacks if config.fit_attacks is not None else fit_group
-            results += _fit_and_test(config, classifier, name, fit_group, tested, val_clean, test_clean, adv_sets, log)
+            results += _fit_and_test(
+                config, classifier, name, fit_group, tested, val_clean, val_calib, test_clean, adv_sets, log
+            )
     return EvalReport(config, clean_acc, str(model_dir), summaries, results)
 
 
@@ -260,11 +265,13 @@ def _fit_and_test(
     fit_group: list[str],
     tested: list[str],
     val_clean: Split,
+    val_calib: Split,
     test_clean: Split,
     adv_sets: dict[tuple[str, str], AdversarialSet],
     log: Log,
 ) -> list[DetectionResult]:
-    """Fit detector `spec` on validation clean + `fit_group` adversarial examples; test it on every `tested` attack.
+    """Fit detector `spec` on validation clean + `fit_group` adversarial examples, set its threshold at 5% FPR on
+    the held-out clean images `val_calib`, and test it on every `tested` attack.
 
     A detector that cannot be fit on this data (an `InputError`, e.g. no fingerprint passes the selection rule)
     gives results with `error` set and no metrics, so one failure does not end a long evaluation.
@@ -278,7 +285,7 @@ def _fit_and_test(
     except InputError as exc:
         log(f"  {spec} could not be fit on {'+'.join(fit_group)}: {exc}")
         return [DetectionResult(spec, attack, fit_group, error=str(exc)) for attack in tested]
-    detector.calibrate(val_clean.x, fpr=0.05)
+    detector.calibrate(val_calib.x, fpr=0.05)
     fit_seconds = time.perf_counter() - start
     clean_scores = _scores(detector, test_clean.x)
     results = []
@@ -310,8 +317,10 @@ def _fit_and_test(
     return results
 
 
-def _scores(detector: Any, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    parts = [detector.score(x[i : i + batch_size]).detach().cpu().numpy() for i in range(0, len(x), batch_size)]
+@torch.no_grad()
+def _scores(detector: Detector, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """Scores without an autograd graph (a detector that needs input gradients enables them itself)."""
+    parts = [detector.score(x[i : i + batch_size]).cpu().numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(parts)
 
 
