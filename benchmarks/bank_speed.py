@@ -12,8 +12,8 @@ import argparse
 import time
 
 import torch
-
 from common import emit, interleaved_medians
+
 from neuroprint.detectors.bank import BankDetector, authors_default_layers
 from neuroprint.models import Classifier, build_model
 

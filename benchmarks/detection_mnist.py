@@ -20,19 +20,20 @@ from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
 from neuroprint.evaluation.report import markdown_table, write_outputs
 
 ATTACKS = ["fgsm", "bim-a", "bim-b", "pgd", "mifgsm", "cw", "deepfool", "jsma", "ead"]
-DETECTORS = ["lid", "mahalanobis", "bank"]
+DETECTORS = ["lid", "lid:n_batches=5", "mahalanobis", "bank"]
 BANK_GRID = [
     "bank",
+    "bank:d=1",
     "bank:d=10",
-    "bank:d=200",
+    "bank:d=30",
     "bank:k=5",
     "bank:k=100",
-    "bank:bank_size=200",
-    "bank:n_candidates=2000,bank_size=500",
+    "bank:bank_size=100",
+    "bank:bank_size=500",
     "bank:layers=fc1+fc2+logits",
     "bank:layers=conv3+conv4",
-    "bank:pooling=avg,d=20",
-    "bank:subset=layer,layers=conv3+conv4+fc1+fc2,d=50",
+    "bank:pooling=flatten",
+    "bank:pooling=flatten,subset=concat,d=50",
     "bank:score_kind=vote",
     "bank:score_kind=anomaly",
     "bank:sampling=all",
