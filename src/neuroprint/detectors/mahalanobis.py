@@ -187,7 +187,7 @@ class MahalanobisDetector(Detector):
             for eps, c, a in zip(magnitudes, clean, adv):
                 feats = torch.cat([c, a])
                 head = LogisticHead(cv_folds=0).fit(feats[~is_val], labels[~is_val])  # C = 1: fast and adequate
-                val_scores = head(feats[is_val]).detach().numpy()
+                val_scores = head(feats[is_val]).detach().cpu().numpy()
                 self.noise_auc_[eps] = float(roc_auc_score(labels[is_val].numpy(), val_scores))
         best = max(range(len(magnitudes)), key=lambda i: self.noise_auc_.get(magnitudes[i], 0.0))
         self.noise_ = magnitudes[best]
