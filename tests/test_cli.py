@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +26,17 @@ def test_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str
     code, out, _ = run(monkeypatch, capsys, "list")
     assert code == 0
     assert "mnist" in out and "pgd" in out and "lid" in out and "mnist-net" in out
+
+
+def test_fresh_process_lists_every_registry_and_exits_2_on_bad_input() -> None:
+    """A new interpreter sees every registered name (registration must not depend on earlier imports)."""
+    listed = subprocess.run([sys.executable, "-m", "neuroprint", "list"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    for name in ("mnist", "cifar10", "mnist-net", "resnet", "pgd", "jsma", "bank", "lid", "mahalanobis"):
+        assert name in listed.stdout
+    bad = subprocess.run([sys.executable, "-m", "neuroprint", "train", "-d", "nope"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "unknown dataset 'nope'" in bad.stderr
 
 
 def test_train_attack_evaluate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -1,0 +1,4 @@
+"""`python -m neuroprint`: the command line."""
+from neuroprint.cli import main
+
+main()
