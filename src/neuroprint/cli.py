@@ -145,7 +145,7 @@ def demo(
     from neuroprint.evaluation.report import markdown_table, write_outputs
 
     start = time.perf_counter()
-    config = EvalConfig(dataset="mnist", model="mnist-net", attacks=["fgsm", "bim-a", "pgd", "deepfool"],
+    config = EvalConfig(dataset="mnist", model="mnist-net", attacks=["fgsm", "bim-a", "bim-b", "pgd"],
                         detectors=DETECTORS.available(), n_fit=n, n_test=n)
     report = run_evaluation(config, log=_echo)
     paths = write_outputs(report, out_dir)
