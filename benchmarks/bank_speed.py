@@ -24,10 +24,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--candidates", type=int, default=10000)
     parser.add_argument("--per-class", type=int, default=100, help="clean and adversarial examples per class")
+    parser.add_argument("--authors-config", action="store_true",
+                        help="the authors' fingerprints: d=50 neurons of the flattened, concatenated layers")
     args = parser.parse_args()
     torch.manual_seed(0)
     clf = Classifier(build_model("mnist-net"), mean=[0.1307], std=[0.3081])
-    det = BankDetector(n_candidates=args.candidates)
+    shape = {"pooling": "flatten", "subset": "concat", "d": 50} if args.authors_config else {}
+    det = BankDetector(n_candidates=args.candidates, **shape)  # type: ignore[arg-type]
     det.classifier_, det.layers_ = clf, authors_default_layers(clf)
     x = torch.rand(args.batch, 1, 28, 28)
     widths = det._layer_widths(x[:2])
@@ -51,6 +54,8 @@ def main() -> None:
             "benchmark": "bank_speed",
             "batch": args.batch,
             "d": det.d,
+            "pooling": det.pooling,
+            "subset": det.subset,
             "k": det.k,
             "layers": det.layers_,
             "neurons": total,
