@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,8 @@ class DetectionResult:
 
 @dataclass
 class EvalReport:
+    """Everything one `run_evaluation` measured: the model's clean accuracy, attack summaries (val and test), results."""
+
     config: EvalConfig
     clean_accuracy: float
     model_dir: str
@@ -138,18 +140,14 @@ class EvalReport:
                 "n_fit": self.config.n_fit,
                 "n_test": self.config.n_test,
                 "fit_attacks": self.config.fit_attacks,
-                "train": self.config.train.__dict__,
+                "train": asdict(self.config.train),
             },
             "model": {"name": self.config.model, "dir": self.model_dir, "clean_accuracy": self.clean_accuracy},
             "attacks": [
-                {**_public(a), "val": _public(val[a.spec]) if a.spec in val else None} for a in test_attacks
+                {**asdict(a), "val": asdict(val[a.spec]) if a.spec in val else None} for a in test_attacks
             ],
             "results": [{k: v for k, v in r.__dict__.items() if k != "roc"} for r in self.results],
         }
-
-
-def _public(summary: AttackSummary) -> dict[str, Any]:
-    return {k: v for k, v in summary.__dict__.items()}
 
 
 def draw_sources(n_available: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
