@@ -56,7 +56,8 @@ def roc_plot(report: EvalReport, path: str | Path) -> None:
             ax.plot(r.roc[0], r.roc[1], label=f"{r.detector} (AUC {100 * (r.auc or 0):.1f})")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
         ax.set(title=attack, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
     for ax in list(axes.flat)[len(attacks) :]:
         ax.axis("off")
     fig.tight_layout()
