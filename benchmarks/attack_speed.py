@@ -2,7 +2,7 @@
 
 Each line holds the attack name, resolved params, n, seconds, images/s, success rate and mean L2 / L-inf over
 successful examples, plus threads, device, versions and git hash. The model is `--checkpoint DIR` if given, else
-the cached (or freshly trained, ~2 min on 2 cores) default mnist-net from `runs/models`.
+the cached (or freshly trained, ~2 min on 2 cores) default mnist-net from `runs/cache/models`.
 
 Run: .venv/bin/python benchmarks/attack_speed.py [--n 1000 --attacks all --checkpoint DIR --threads 2]
 """

@@ -139,8 +139,7 @@ class BankDetector(Detector):
 
         Clean images count for their label `y`; adversarial images for the class the model predicts on them.
         """
-        self._check_fit_inputs(classifier, x, y, x_adv)
-        assert x_adv is not None  # checked above
+        x_adv = self._check_fit_inputs(classifier, x, y, x_adv)
         self.classifier_ = classifier
         self.layers_ = list(self.layers) if self.layers is not None else authors_default_layers(classifier)
         classifier.layer_outputs(x[:1].to(classifier.device), self.layers_)  # unknown layer names fail here
@@ -160,8 +159,7 @@ class BankDetector(Detector):
             bank = None
             if len(clean_c) >= self.min_adv and len(adv_c) >= self.min_adv:
                 bank = self._build_bank(clean_c, adv_c, widths, generator)
-            fallback = bank is None or len(bank["index"]) < self.k
-            if fallback:
+            if bank is None or len(bank["index"]) < self.k:
                 if shared is None:
                     shared = self._build_bank(f_clean, f_adv, widths, generator)
                     if len(shared["index"]) < self.k:
@@ -172,10 +170,9 @@ class BankDetector(Detector):
                         )
                 bank = shared
                 report["fallback_classes"].append(c)
-            assert bank is not None
             banks.append(bank)
             report["classes"][str(c)] = {"n_clean": len(clean_c), "n_adv": len(adv_c), "n_fingerprints":
-                                         len(bank["index"]), "fallback": fallback}
+                                         len(bank["index"]), "fallback": c in report["fallback_classes"]}
         self._set_banks(banks)
         self.fit_report_ = report
         return self

@@ -90,7 +90,10 @@ class Detector:
         if getattr(self, "classifier_", None) is None:
             raise NotFittedError(f"{self.name} detector is not fitted: call fit(...) first")
 
-    def _check_fit_inputs(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None) -> None:
+    def _check_fit_inputs(
+        self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Validate `fit`'s arguments (one-line `InputError`s); returns `x_adv`, now known to be a tensor."""
         classifier.check_input(x, "x")
         if not isinstance(y, torch.Tensor) or y.shape != (len(x),):
             raise InputError(f"y must be a tensor of shape [{len(x)}] to match x, got {getattr(y, 'shape', y)}")
@@ -101,6 +104,7 @@ class Detector:
         classifier.check_input(x_adv, "x_adv")
         if x_adv.shape[1:] != x.shape[1:]:
             raise InputError(f"x_adv images have shape {list(x_adv.shape[1:])}, x has {list(x.shape[1:])}")
+        return x_adv
 
     def _check_features(self, features: Features, layers: tuple[str, ...], name: str) -> None:
         """Raise `InputError` unless `features` holds finite, non-empty `[N, D]` activations of every layer."""

@@ -115,8 +115,7 @@ class LIDDetector(Detector):
     # -- fitting ------------------------------------------------------------------------------------------------
     def fit(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None) -> LIDDetector:
         """Learn from clean images `x` `[N, C, H, W]` (labels `y` `[N]` are not used) and adversarial `x_adv`."""
-        self._check_fit_inputs(classifier, x, y, x_adv)
-        assert x_adv is not None  # checked above
+        x_adv = self._check_fit_inputs(classifier, x, y, x_adv)
         self._start_fit(classifier, len(x))
         self.reference_ = dict(extract(classifier, x[self.reference_index_], self.layers_, self.pooling, _CHUNK))
         clean = self._stream_lids(classifier, x, self._self_columns(len(x)))

@@ -117,8 +117,7 @@ class MahalanobisDetector(Detector):
         self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None
     ) -> MahalanobisDetector:
         """Learn from clean images `x` `[N, C, H, W]`, their labels `y` `[N]` and adversarial images `x_adv`."""
-        self._check_fit_inputs(classifier, x, y, x_adv)
-        assert x_adv is not None  # checked above
+        x_adv = self._check_fit_inputs(classifier, x, y, x_adv)
         layers = self._layers_of(classifier)
         stats, head_clean, head_adv = self._split(len(x), len(x_adv))
         self._fit_gaussians(dict(extract(classifier, x[stats], layers, "avg", _CHUNK)), y[stats], layers)

@@ -142,7 +142,7 @@ def load_or_train(
     architecture: str,
     data: DataSplits,
     config: TrainConfig,
-    cache_dir: str | Path = "runs/models",
+    cache_dir: str | Path = "runs/cache/models",
     progress: bool = True,
     device: str = "cpu",
 ) -> tuple[Classifier, dict[str, Any], Path]:
