@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from neuroprint.attacks.base import Attack, register_attack
-from neuroprint.attacks.params import check_eps, check_float, check_int
+from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.models.classifier import Classifier
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from neuroprint.attacks.base import Attack, register_attack
-from neuroprint.attacks.params import check_bool, check_choice, check_float, check_int
+from neuroprint.checks import check_bool, check_choice, check_float, check_int
 from neuroprint.models.classifier import Classifier
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from neuroprint.attacks.base import Attack, register_attack
-from neuroprint.attacks.params import check_float, check_seed
+from neuroprint.checks import check_float, check_seed
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from neuroprint.attacks.base import Attack, register_attack
-from neuroprint.attacks.params import check_bool, check_eps, check_float, check_int, check_seed
 from neuroprint.attacks.torchattacks_adapter import check_unit_bounds, run_torchattacks
+from neuroprint.checks import check_bool, check_eps, check_float, check_int, check_seed
 from neuroprint.models.classifier import Classifier
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from neuroprint.attacks.base import Attack
-from neuroprint.attacks.params import check_seed
+from neuroprint.checks import check_seed
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
 

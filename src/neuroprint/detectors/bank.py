@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from neuroprint.checks import check_int
 from neuroprint.detectors.base import Detector
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.features import Pooling, activations
@@ -96,8 +97,7 @@ class BankDetector(Detector):
     ) -> None:
         for pname, value, low in (("d", d, 1), ("n_candidates", n_candidates, 1), ("bank_size", bank_size, 1),
                                   ("k", k, 1), ("min_adv", min_adv, 2)):
-            if not isinstance(value, int) or value < low:
-                raise ConfigError(f"{pname} must be an integer >= {low}, got {value!r}")
+            check_int(pname, value, low)
         if k > bank_size:
             raise ConfigError(f"k (fingerprints drawn per input) must be <= bank_size, got k={k} > bank_size={bank_size}")
         if not 0.0 < max_p <= 1.0:

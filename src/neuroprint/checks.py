@@ -1,4 +1,4 @@
-"""Hyperparameter checks shared by every attack."""
+"""Parameter checks shared by attacks and detectors: one-line `ConfigError`s that name the parameter and value."""
 from __future__ import annotations
 
 import math
