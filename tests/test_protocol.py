@@ -1,0 +1,59 @@
+"""The evaluation protocol's honesty rules: disjoint sources, correct clean images only, caching by config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuroprint.data import DataSplits
+from neuroprint.errors import ConfigError, InputError
+from neuroprint.evaluation.protocol import EvalConfig, cached_adversarial_set, correct_clean, draw_sources
+from neuroprint.models import Classifier
+
+
+def test_sources_are_disjoint_halves_and_seeded() -> None:
+    clean, attacked = draw_sources(1000, 300, seed=3)
+    assert len(clean) == 150 and len(attacked) == 150
+    assert not set(clean.tolist()) & set(attacked.tolist())
+    again = draw_sources(1000, 300, seed=3)
+    assert torch.equal(clean, again[0]) and torch.equal(attacked, again[1])
+    assert not torch.equal(clean, draw_sources(1000, 300, seed=4)[0])
+    assert len(torch.cat(draw_sources(10, 300, seed=0))) == 10  # capped at what the split has
+    with pytest.raises(InputError, match="only 3 images"):
+        draw_sources(3, 10, seed=0)
+
+
+def test_only_correctly_classified_clean_images_count(tiny_classifier: Classifier, digits: DataSplits) -> None:
+    index = torch.arange(len(digits.test))
+    kept = correct_clean(tiny_classifier, digits.test, index)
+    assert 0 < len(kept) < len(index)  # the tiny model makes some mistakes
+    assert torch.equal(tiny_classifier.predict(kept.x), kept.y)
+
+
+def test_adversarial_sets_are_cached_by_configuration(
+    tiny_classifier: Classifier, digits: DataSplits, tmp_path: Path
+) -> None:
+    index = torch.arange(30)
+    args = (tiny_classifier, "tiny", "pgd:steps=5", digits.val, "val", index, tmp_path, 64, False)
+    first, seconds = cached_adversarial_set(*args)
+    assert seconds > 0 and set(first.source_index.tolist()) <= set(index.tolist())
+    again, cached_seconds = cached_adversarial_set(*args)
+    assert cached_seconds == 0.0 and torch.equal(first.x_adv, again.x_adv)
+    _, other_seconds = cached_adversarial_set(tiny_classifier, "tiny", "pgd:steps=6", digits.val, "val", index,
+                                                  tmp_path, 64, False)
+    assert other_seconds > 0  # another parameter is another cache entry
+    assert len(list((tmp_path / "adv" / "tiny").glob("*.json"))) == 2
+
+
+def test_config_rejects_bad_names_and_sizes_before_any_work() -> None:
+    with pytest.raises(ConfigError, match="unknown detector 'nope'"):
+        EvalConfig(dataset="digits", detectors=["nope"])
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        EvalConfig(dataset="digits", detectors=["bank:dd=3"])
+    with pytest.raises(ConfigError, match="n_fit must be >= 4"):
+        EvalConfig(dataset="digits", n_fit=2)
+    with pytest.raises(ConfigError, match="at least one attack"):
+        EvalConfig(dataset="digits", attacks=[])
+    assert EvalConfig(detectors=["bank:random_state=7"], seed=1).detector("bank:random_state=7").random_state == 7
+    assert EvalConfig(seed=1).detector("bank").random_state == 1
