@@ -33,7 +33,8 @@ def main() -> None:
     det = BankDetector(n_candidates=args.candidates, **shape)  # type: ignore[arg-type]
     det.classifier_, det.layers_ = clf, authors_default_layers(clf)
     x = torch.rand(args.batch, 1, 28, 28)
-    widths = det._layer_widths(x[:2])
+    widths = det._batched_features(x[:2])[2]
+    det._check_widths(widths)
     total = sum(widths)
 
     # construction: synthetic activations where a tenth of the neurons shift under attack

@@ -43,7 +43,7 @@ from scipy import stats
 from neuroprint.checks import check_int
 from neuroprint.detectors.base import Detector
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.features import Pooling, activations
+from neuroprint.features import Pooling, activations, extract
 from neuroprint.models.classifier import Classifier
 from neuroprint.registry import DETECTORS
 
@@ -128,10 +128,11 @@ class BankDetector(Detector):
         logits, acts = activations(self.classifier_, x, self.layers_, self.pooling)
         return logits.argmax(1), torch.cat([acts[n] for n in self.layers_], dim=1)
 
-    @torch.no_grad()
-    def _batched_features(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [self._features(x[i : i + batch_size].to(self.classifier_.device)) for i in range(0, len(x), batch_size)]
-        return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+    def _batched_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Batched and gradient-free: predicted class [N], concatenated activations [N, D], neurons per layer."""
+        feats = extract(self.classifier_, x, self.layers_, self.pooling)
+        widths = [int(feats[n].shape[1]) for n in self.layers_]
+        return feats.logits.argmax(1), torch.cat([feats[n] for n in self.layers_], dim=1), widths
 
     # -- fitting -----------------------------------------------------------------------------------------------
     def fit(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None) -> BankDetector:
@@ -142,10 +143,9 @@ class BankDetector(Detector):
         x_adv = self._check_fit_inputs(classifier, x, y, x_adv)
         self.classifier_ = classifier
         self.layers_ = list(self.layers) if self.layers is not None else authors_default_layers(classifier)
-        classifier.layer_outputs(x[:1].to(classifier.device), self.layers_)  # unknown layer names fail here
-        _, f_clean = self._batched_features(x)
-        adv_pred, f_adv = self._batched_features(x_adv)
-        widths = self._layer_widths(x[:2])
+        _, f_clean, widths = self._batched_features(x)  # unknown layer names fail here
+        self._check_widths(widths)
+        adv_pred, f_adv, _ = self._batched_features(x_adv)
         generator = torch.Generator().manual_seed(self.random_state)
 
         n_classes = classifier.num_classes
@@ -177,16 +177,15 @@ class BankDetector(Detector):
         self.fit_report_ = report
         return self
 
-    def _layer_widths(self, x_probe: torch.Tensor) -> list[int]:
-        """Neurons per chosen layer (in "layer" mode, layers narrower than `d` are never sampled)."""
-        with torch.no_grad():
-            _, acts = activations(self.classifier_, x_probe.to(self.classifier_.device), self.layers_, self.pooling)
-        widths = [int(acts[n].shape[1]) for n in self.layers_]
+    def _check_widths(self, widths: list[int]) -> None:
+        """Raise `ConfigError` when `d` exceeds what the layers (neurons per layer: `widths`) offer.
+
+        In "layer" mode, layers narrower than `d` are simply never sampled.
+        """
         if self.subset == "concat" and self.d > sum(widths):
             raise ConfigError(f"d={self.d} neurons per fingerprint exceeds the concatenated layers ({sum(widths)} neurons)")
         if self.subset == "layer" and self.d > max(widths):
             raise ConfigError(f"d={self.d} neurons per fingerprint exceeds every chosen layer (widest: {max(widths)})")
-        return widths
 
     def _candidates(self, widths: list[int], generator: torch.Generator) -> torch.Tensor:
         """[n_candidates, d] neuron indices (distinct within a row) into the concatenated activations."""
