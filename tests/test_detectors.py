@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from neuroprint.attacks import make_attack
-from neuroprint.data import DataSplits
+from neuroprint.data import DataSplits, load_dataset
 from neuroprint.detectors import DETECTORS, Detector, make_detector
 from neuroprint.detectors.lid import LIDDetector, lid_mle, pairwise_distances
 from neuroprint.detectors.logistic import LogisticHead
@@ -41,8 +41,13 @@ def sets(tiny_classifier: Classifier, digits: DataSplits) -> dict[str, torch.Ten
 
 
 def build(name: str, **params: Any) -> Detector:
-    """`make_detector(name)` with the digits-sized `CONTRACT_PARAMS`, overridden by `params`."""
-    return make_detector(name, **{**CONTRACT_PARAMS.get(name, {}), **params})
+    """`make_detector(name)` with the digits-sized `CONTRACT_PARAMS`, overridden by `params`; a detector that
+    `needs_training_data` is given the digits training split (the tiny classifier's training data)."""
+    detector = make_detector(name, **{**CONTRACT_PARAMS.get(name, {}), **params})
+    if detector.needs_training_data:
+        train = load_dataset("digits").train
+        detector.set_training_data(train.x, train.y)
+    return detector
 
 
 @pytest.fixture(scope="module", params=DETECTORS.available())

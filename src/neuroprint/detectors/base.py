@@ -39,6 +39,9 @@ class Detector:
     """Base class. Subclasses set `name`, implement `fit`/`score`, and `state_dict_`/`load_state_` for saving."""
 
     name: ClassVar[str] = ""
+    #: True for detectors that model the classifier's training distribution (nearest neighbours, densities,
+    #: influence): they must be given it with `set_training_data` before `fit`.
+    needs_training_data: ClassVar[bool] = False
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, read back from the attributes of the same name."""
@@ -53,6 +56,25 @@ class Detector:
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Adversarial score `[N]` of images `x` (higher = more adversarial)."""
         raise NotImplementedError
+
+    def set_training_data(self, x: torch.Tensor, y: torch.Tensor) -> Detector:
+        """Hand the classifier's training images `x` `[N, C, H, W]` and labels `y` `[N]` to a detector that
+        `needs_training_data`; call it before `fit`. The tensors are kept by reference, not copied."""
+        if not self.needs_training_data:
+            raise ConfigError(f"{self.name} does not use training data (needs_training_data is False)")
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or len(x) == 0:
+            raise InputError(f"training images must be a non-empty [N, C, H, W] tensor, got {getattr(x, 'shape', x)}")
+        if not isinstance(y, torch.Tensor) or y.shape != (len(x),) or y.is_floating_point():
+            raise InputError(f"training labels must be an integer tensor of shape [{len(x)}], got {getattr(y, 'shape', y)}")
+        self.training_data = (x, y)
+        return self
+
+    def _training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tensors given to `set_training_data`, or an `InputError` that says to call it."""
+        data = getattr(self, "training_data", None)
+        if data is None:
+            raise InputError(f"{self.name} needs the classifier's training data: call set_training_data(x, y) first")
+        return data
 
     @property
     def feature_spec(self) -> FeatureSpec | None:

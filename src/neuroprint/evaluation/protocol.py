@@ -251,7 +251,7 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
         for fit_group in groups:
             tested = config.attacks if config.fit_attacks is not None else fit_group
             results += _fit_and_test(
-                config, classifier, name, fit_group, tested, val_clean, val_calib, test_clean, adv_sets, log
+                config, classifier, name, fit_group, tested, data.train, val_clean, val_calib, test_clean, adv_sets, log
             )
     return EvalReport(config, clean_acc, str(model_dir), summaries, results)
 
@@ -262,6 +262,7 @@ def _fit_and_test(
     spec: str,
     fit_group: list[str],
     tested: list[str],
+    train: Split,
     val_clean: Split,
     val_calib: Split,
     test_clean: Split,
@@ -276,6 +277,8 @@ def _fit_and_test(
     """
     x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
     detector = config.detector(spec)
+    if detector.needs_training_data:
+        detector.set_training_data(train.x, train.y)
     log(f"fit {spec} on {len(val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
     start = time.perf_counter()
     try:
