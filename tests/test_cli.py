@@ -110,3 +110,15 @@ def test_unknown_detector_is_rejected_before_any_work(
                        "--cache-dir", str(tmp_path))
     assert code == 2 and "unknown detector 'nope'" in err
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--fingerprints", "-1"], "--fingerprints must be >= 1"), (["--fingerprints", "5", "--fp-eps", "1.5"], "eps must be")],
+)
+def test_train_rejects_bad_fingerprint_options(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, options: list[str], message: str
+) -> None:
+    code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "-o", str(tmp_path / "m"), *options)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()

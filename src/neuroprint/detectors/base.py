@@ -42,6 +42,8 @@ class Detector:
     #: True for detectors that model the classifier's training distribution (nearest neighbours, densities,
     #: influence): they must be given it with `set_training_data` before `fit`.
     needs_training_data: ClassVar[bool] = False
+    #: False for attack-agnostic detectors (NeuralFP) that fit on clean images alone; `x_adv` is then optional.
+    needs_adversarial_examples: ClassVar[bool] = True
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, read back from the attributes of the same name."""

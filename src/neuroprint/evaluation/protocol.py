@@ -234,8 +234,11 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
 
     summaries: list[AttackSummary] = []
     adv_sets: dict[tuple[str, str], AdversarialSet] = {}
+    splits = [("test", data.test, test_adv_idx)]
+    if any(config.detector(spec).needs_adversarial_examples for spec in config.detectors):
+        splits.insert(0, ("val", data.val, val_adv_idx))  # attack-agnostic detectors (NeuralFP) fit on clean only
     for spec in config.attacks:
-        for split_name, split, index in (("val", data.val, val_adv_idx), ("test", data.test, test_adv_idx)):
+        for split_name, split, index in splits:
             log(f"attack {spec} on {len(index)} {split_name} images")
             adv, seconds = cached_adversarial_set(
                 classifier, model_tag, spec, split, split_name, index, config.cache_dir, config.batch_size, progress
@@ -275,11 +278,15 @@ def _fit_and_test(
     A detector that cannot be fit on this data (an `InputError`, e.g. no fingerprint passes the selection rule)
     gives results with `error` set and no metrics, so one failure does not end a long evaluation.
     """
-    x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
     detector = config.detector(spec)
     if detector.needs_training_data:
         detector.set_training_data(train.x, train.y)
-    log(f"fit {spec} on {len(val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
+    x_adv_fit = None
+    if detector.needs_adversarial_examples:
+        x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
+        log(f"fit {spec} on {len(val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
+    else:
+        log(f"fit {spec} on {len(val_clean)} clean images (attack-agnostic)")
     start = time.perf_counter()
     try:
         detector.fit(classifier, val_clean.x, val_clean.y, x_adv_fit)
@@ -301,7 +308,7 @@ def _fit_and_test(
             DetectionResult(
                 detector=spec,
                 attack=attack,
-                fit_attacks=fit_group,
+                fit_attacks=fit_group if detector.needs_adversarial_examples else [],
                 auc=metrics.auc(clean_scores, adv_scores),
                 tpr_at_fpr05=metrics.tpr_at_fpr(clean_scores, adv_scores, 0.05),
                 fpr_at_tpr95=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.95),

@@ -21,14 +21,17 @@ from neuroprint.data import DataSplits
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.io import atomic_path, git_commit, read_json, versions, write_json
 from neuroprint.models.classifier import Classifier
+from neuroprint.models.fingerprints import NeuralFingerprints
 from neuroprint.models.training import TrainConfig, accuracy, train
 from neuroprint.registry import MODELS
 
-WEIGHTS, META = "model.safetensors", "model.json"
+WEIGHTS, META, FINGERPRINTS = "model.safetensors", "model.json", "fingerprints.safetensors"
 
 
 def save_checkpoint(classifier: Classifier, directory: str | Path, meta: dict[str, Any]) -> None:
-    """Write `classifier`'s weights and `meta` (must include `architecture` and `arch_kwargs`) atomically."""
+    """Write `classifier`'s weights and `meta` (must include `architecture` and `arch_kwargs`) atomically; a
+    NeuralFP classifier's fingerprints go to `fingerprints.safetensors`, their settings to `model.json`."""
+    fingerprints = classifier.fingerprints
     full = {
         **meta,
         "bounds": list(classifier.bounds),
@@ -38,10 +41,13 @@ def save_checkpoint(classifier: Classifier, directory: str | Path, meta: dict[st
         "num_classes": classifier.num_classes,
         "versions": versions(),
         "git": git_commit(),
+        "fingerprints": None if fingerprints is None else fingerprints.meta(),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in classifier.module.state_dict().items()}
     with atomic_path(directory, directory=True) as tmp:
         save_file(state, str(tmp / WEIGHTS))
+        if fingerprints is not None:
+            save_file(fingerprints.tensors(), str(tmp / FINGERPRINTS))
         write_json(tmp / META, full)
 
 
@@ -57,6 +63,8 @@ def load_checkpoint(directory: str | Path) -> tuple[Classifier, dict[str, Any]]:
     module = MODELS.create(meta["architecture"], **meta["arch_kwargs"])
     _load_weights(module, directory / WEIGHTS)
     clf = Classifier(module, bounds=tuple(meta["bounds"]), mean=meta["mean"], std=meta["std"], layers=meta["layers"])
+    if meta.get("fingerprints") is not None:
+        clf.fingerprints = NeuralFingerprints.from_stored(_read_safetensors(directory / FINGERPRINTS, "NeuralFP fingerprints"), meta["fingerprints"])
     return clf, meta
 
 
@@ -96,13 +104,18 @@ def load_user_model(
     return Classifier(module, mean=mean, std=std, layers=layers, num_classes=num_classes)
 
 
-def _load_weights(module: nn.Module, path: Path) -> None:
+def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (or of a `weights_only` torch file), with one-line errors naming `what`."""
     if not path.is_file():
-        raise InputError(f"expected model weights at {path}, but the file does not exist")
+        raise InputError(f"expected {what} at {path}, but the file does not exist")
     try:
-        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (safetensors and torch raise several types on corrupt files)
-        raise InputError(f"cannot read model weights from {path} ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"cannot read {what} from {path} ({str(exc).splitlines()[0]})") from None
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    state = _read_safetensors(path, "model weights")
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
@@ -111,7 +124,10 @@ def _load_weights(module: nn.Module, path: Path) -> None:
 
 def model_key(architecture: str, dataset: str, config: TrainConfig, arch_kwargs: dict[str, Any]) -> str:
     """Cache key of a trained model: a short hash of everything that decides its weights."""
-    blob = json.dumps({"a": architecture, "d": dataset, "k": arch_kwargs, "c": asdict(config)}, sort_keys=True)
+    settings = asdict(config)
+    if settings["fingerprint"] is None:  # plain models keep the keys they had before NeuralFP existed
+        del settings["fingerprint"]
+    blob = json.dumps({"a": architecture, "d": dataset, "k": arch_kwargs, "c": settings}, sort_keys=True)
     return f"{architecture}-{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
@@ -133,6 +149,8 @@ def train_model(
         "dataset": data.name,
         "train_config": asdict(config),
         "val_accuracy": history.val_accuracy,
+        "epoch_seconds": history.epoch_seconds,
+        "fingerprint_loss": history.fingerprint_loss,
         "clean_accuracy": accuracy(clf, data.test),
     }
     return clf, meta

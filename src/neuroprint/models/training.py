@@ -1,6 +1,7 @@
 """Supervised training of a `Classifier` (Adam, cross-entropy, step learning-rate drop, eval each epoch)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,12 @@ from tqdm.auto import tqdm
 from neuroprint.data.base import Split
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
+from neuroprint.models.fingerprints import (
+    FingerprintConfig,
+    NeuralFingerprints,
+    fingerprint_loss,
+    fingerprint_responses,
+)
 
 
 @dataclass
@@ -21,6 +28,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_drop_epoch: int = 3  # multiply lr by 0.1 from this epoch on (0-based); accuracy wobbles without it
     seed: int = 0
+    fingerprint: FingerprintConfig | None = None  # NeuralFP: train the model to respond to secret fingerprints
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -34,6 +42,8 @@ class TrainConfig:
 class TrainHistory:
     train_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
+    fingerprint_loss: list[float] = field(default_factory=list)  # NeuralFP L_fp per epoch (training mean)
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 def accuracy(classifier: Classifier, split: Split, batch_size: int = 512) -> float:
@@ -44,7 +54,13 @@ def accuracy(classifier: Classifier, split: Split, batch_size: int = 512) -> flo
 def train(
     classifier: Classifier, train_split: Split, val_split: Split, config: TrainConfig, progress: bool = True
 ) -> TrainHistory:
-    """Train `classifier` in place on `train_split`, reporting validation accuracy after each epoch."""
+    """Train `classifier` in place on `train_split`, reporting validation accuracy after each epoch.
+
+    With `config.fingerprint` set (NeuralFP, Dathathri et al. eq. 14) the loss is cross-entropy + weight * L_fp,
+    evaluated in one forward pass over each batch and its n fingerprint-perturbed copies; the fingerprints are
+    drawn from the config (unless the classifier already holds some) and attached to `classifier.fingerprints`.
+    """
+    fingerprints = _attach_fingerprints(classifier, config.fingerprint, train_split)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=config.lr)
@@ -55,7 +71,7 @@ def train(
     for epoch in range(config.epochs):
         classifier.train()
         order = torch.randperm(n, generator=generator)
-        total = 0.0
+        total, total_fp, started = 0.0, 0.0, time.perf_counter()
         bar = tqdm(range(0, n, config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
         for start in bar:
             idx = order[start : start + config.batch_size]
@@ -63,15 +79,49 @@ def train(
                 continue
             x, y = train_split.x[idx].to(classifier.device), train_split.y[idx].to(classifier.device)
             optimizer.zero_grad()
-            loss = loss_fn(classifier(x), y)
+            if fingerprints is None:
+                loss = loss_fn(classifier(x), y)
+            else:
+                directions = _directions(fingerprints, generator)
+                logits, responses = fingerprint_responses(classifier, x, fingerprints, classifier.bounds, directions)
+                fp_loss = fingerprint_loss(responses, y, fingerprints, directions)
+                loss = loss_fn(logits, y) + fingerprints.config.weight * fp_loss
+                total_fp += float(fp_loss.detach()) * len(idx)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
+            if fingerprints is not None and start % (20 * config.batch_size) == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", fp_loss=f"{float(fp_loss.detach()):.3f}", refresh=False)
         scheduler.step()
         classifier.eval()
+        history.epoch_seconds.append(time.perf_counter() - started)
         history.train_loss.append(total / n)
         history.val_accuracy.append(accuracy(classifier, val_split))
+        message = f"epoch {epoch + 1}: loss {history.train_loss[-1]:.4f}, val accuracy {history.val_accuracy[-1]:.4f}"
+        if fingerprints is not None:
+            history.fingerprint_loss.append(total_fp / n)
+            message += f", fingerprint loss {history.fingerprint_loss[-1]:.4f}"
         if progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {history.train_loss[-1]:.4f}, val accuracy {history.val_accuracy[-1]:.4f}")
+            tqdm.write(message)
     classifier.eval()
     return history
+
+
+def _attach_fingerprints(
+    classifier: Classifier, config: FingerprintConfig | None, train_split: Split
+) -> NeuralFingerprints | None:
+    """The fingerprints to train with: the classifier's own, or new ones drawn from `config` and attached."""
+    if config is None:
+        return None
+    if classifier.fingerprints is None:
+        shape = tuple(train_split.x.shape[1:])
+        classifier.fingerprints = NeuralFingerprints.sample(config, shape, classifier.num_classes)  # type: ignore[arg-type]
+    return classifier.fingerprints
+
+
+def _directions(fingerprints: NeuralFingerprints, generator: torch.Generator) -> torch.Tensor | None:
+    """The fingerprint directions one training step evaluates: all (None), or a fresh draw of `per_step`."""
+    per_step = fingerprints.config.per_step
+    if per_step is None or per_step == fingerprints.n:
+        return None
+    return torch.randperm(fingerprints.n, generator=generator)[:per_step]

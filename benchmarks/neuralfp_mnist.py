@@ -1,0 +1,147 @@
+"""NeuralFP on MNIST: fingerprinted training, detection of the nine attacks, the adaptive white-box attack, speed.
+
+Phases (each appends JSON lines to `<out>/neuralfp.jsonl` and prints them; models and adversarial sets are cached
+under `<out>/cache`, so re-runs only redo what is missing):
+  accuracy  clean test accuracy and seconds per epoch of each fingerprinted model vs the same net and schedule
+            trained without fingerprints
+  detect    `neuralfp` (min over classes) and `neuralfp:score_kind=predicted` on every attack: AUC, TPR at 5% FPR
+            (threshold from clean validation images; the method never sees adversarial examples)
+  adaptive  Adaptive-CW-L2 (eq. 29) aimed at the target class's fingerprints: attack success, mean L2, and the
+            share of successful attacks the defender still flags at its 5%-FPR threshold
+  speed     one detection (a forward pass over (N + 1) x 256 inputs) vs N + 1 plain forward passes of 256 images
+
+Training schedule: the reference code's MNIST run (2 epochs, batch 128, Adam 1e-3) with the lr divided by 10 for
+the second epoch. `--per-step` directions per training step (default 2 of N, an unbiased estimate of L_fp) keeps a
+CPU run affordable; pass --per-step 0 to evaluate all N per step as the reference code does.
+
+Run: .venv/bin/python benchmarks/neuralfp_mnist.py --grid 10:0.006 --n 1000      (about 1.5 h on 2 CPU cores)
+     .venv/bin/python benchmarks/neuralfp_mnist.py --grid 5:0.003 5:0.006 5:0.01 10:0.003 ... 30:0.01 --per-step 0
+     (the reference grid; hours on a GPU, far too slow on 2 CPU cores: ~140 min per epoch at N = 30)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import emit, interleaved_medians
+
+from neuroprint.attacks.adaptive_neuralfp import AdaptiveCWNeuralFP
+from neuroprint.data import load_dataset
+from neuroprint.detectors import make_detector
+from neuroprint.evaluation import metrics
+from neuroprint.evaluation.protocol import EvalConfig, correct_clean, draw_sources, run_evaluation
+from neuroprint.evaluation.report import markdown_table
+from neuroprint.models.checkpoint import load_or_train
+from neuroprint.models.fingerprints import FingerprintConfig, perturbed_inputs
+from neuroprint.models.training import TrainConfig
+
+ATTACKS = ["fgsm", "bim-a", "bim-b", "pgd", "mifgsm", "cw", "deepfool", "jsma", "ead"]
+PHASES = ("accuracy", "detect", "adaptive", "speed")
+
+
+def schedule(fingerprint: FingerprintConfig | None, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=2, batch_size=128, lr=1e-3, lr_drop_epoch=1, seed=seed, fingerprint=fingerprint)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", nargs="+", default=["10:0.006"], help="N:eps fingerprint settings")
+    parser.add_argument("--per-step", type=int, default=2, help="directions per training step (0 = all N)")
+    parser.add_argument("--n", type=int, default=1000, help="test source images (half clean, half attacked)")
+    parser.add_argument("--n-val", type=int, default=1000, help="clean validation images (threshold)")
+    parser.add_argument("--n-adaptive", type=int, default=100, help="test images for the adaptive attack")
+    parser.add_argument("--attacks", nargs="+", default=ATTACKS)
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/neuralfp"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset("mnist")
+    cache = args.out / "cache"
+    log = args.out / "neuralfp.jsonl"
+
+    def record(row: dict[str, Any]) -> None:
+        emit(row)
+        with log.open("a") as f:
+            f.write(json.dumps({**row, "seed": args.seed}) + "\n")
+
+    for setting in args.grid:
+        n, eps = setting.split(":")
+        fingerprint = FingerprintConfig(n=int(n), eps=float(eps), seed=args.seed, per_step=args.per_step or None)
+        clf, meta, model_dir = load_or_train("mnist-net", data, schedule(fingerprint, args.seed), cache / "models", True, args.device)
+        tag = {"N": int(n), "eps": float(eps), "per_step": args.per_step or int(n), "model": model_dir.name}
+        if "accuracy" in args.phases:
+            _, plain_meta, _ = load_or_train("mnist-net", data, schedule(None, args.seed), cache / "models", True, args.device)
+            record({"benchmark": "neuralfp_accuracy", **tag, "clean_accuracy": meta["clean_accuracy"],
+                    "plain_clean_accuracy": plain_meta["clean_accuracy"], "epoch_seconds": meta["epoch_seconds"],
+                    "plain_epoch_seconds": plain_meta["epoch_seconds"], "fingerprint_loss": meta["fingerprint_loss"]})
+        if "detect" in args.phases:
+            config = EvalConfig(dataset="mnist", model=str(model_dir), attacks=args.attacks,
+                                detectors=["neuralfp", "neuralfp:score_kind=predicted"], n_fit=args.n_val,
+                                n_test=args.n, seed=args.seed, cache_dir=cache, device=args.device)
+            report = run_evaluation(config, progress=False, log=lambda msg: print(msg, flush=True))
+            table = markdown_table(report)
+            (args.out / f"detect-{model_dir.name}.md").write_text(table + "\n")
+            print(table, flush=True)
+            for attack in report.attacks:
+                record({"benchmark": "neuralfp_attack", **tag, "attack": attack.spec, "split": attack.split,
+                        "success_rate": attack.success_rate, "n": attack.n_attacked, "mean_l2": attack.mean_l2})
+            for result in report.results:
+                record({"benchmark": "neuralfp_detect", **tag, "detector": result.detector, "attack": result.attack,
+                        "auc": result.auc, "tpr_at_fpr05": result.tpr_at_fpr05, "fpr_at_tpr99": result.fpr_at_tpr99,
+                        "n_clean": result.n_clean, "n_adv": result.n_adv})
+        if "adaptive" in args.phases:
+            record({"benchmark": "neuralfp_adaptive", **tag, **adaptive(clf, data, args)})
+        if "speed" in args.phases:
+            record({"benchmark": "neuralfp_speed", **tag, **speed(clf)})
+
+
+def adaptive(clf: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Adaptive-CW-L2 against the min-over-classes detector with its clean-calibrated 5%-FPR threshold."""
+    val_idx, _ = draw_sources(len(data.val), args.n_val, args.seed)
+    val = correct_clean(clf, data.val, val_idx)
+    _, test_idx = draw_sources(len(data.test), 2 * args.n_adaptive, args.seed + 1)
+    test = correct_clean(clf, data.test, test_idx)
+    detector = make_detector("neuralfp").fit(clf, val.x, val.y).calibrate(val.x, fpr=0.05)
+    attack = AdaptiveCWNeuralFP(threshold=detector.threshold_, random_state=args.seed)
+    start = time.perf_counter()
+    result = attack(clf, test.x, test.y, batch_size=50, progress=True)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        clean_scores = detector.score(test.x).numpy()
+        adv_scores = detector.score(result.x_adv[result.success]).numpy()
+        flagged = detector.predict(result.x_adv[result.success])
+    return {
+        "attack": "adaptive-cw-l2 (target-class fingerprints)", "params": attack.params, "n": len(test),
+        "success_rate": result.success_rate, "mean_l2": float(result.l2[result.success].mean()),
+        "tpr_at_threshold": float(flagged.float().mean()), "threshold": detector.threshold_,
+        "auc": metrics.auc(clean_scores, adv_scores), "tpr_at_fpr05": metrics.tpr_at_fpr(clean_scores, adv_scores, 0.05),
+        "seconds": seconds,
+    }
+
+
+def speed(clf: Any, batch: int = 256) -> dict[str, Any]:
+    """Median time of one detection of `batch` images vs N + 1 plain forward passes of `batch` images."""
+    detector = make_detector("neuralfp", batch_size=batch)
+    x = torch.rand(batch, 1, 28, 28)
+    detector.fit(clf, x, torch.zeros(batch, dtype=torch.long))
+    fingerprints = clf.fingerprints
+    copies = [perturbed_inputs(x, fingerprints, clf.bounds)[i * batch : (i + 1) * batch] for i in range(fingerprints.n + 1)]
+
+    def plain() -> None:
+        for part in copies:
+            clf(part)
+
+    with torch.no_grad():
+        medians = interleaved_medians({"plain": plain, "detect": lambda: detector.score(x)}, repeats=10, warmup=2)
+    return {"batch": batch, "plain_passes": fingerprints.n + 1, "plain_ms": 1e3 * medians["plain"],
+            "detect_ms": 1e3 * medians["detect"], "ratio": medians["detect"] / medians["plain"], "target": 1.1}
+
+
+if __name__ == "__main__":
+    main()

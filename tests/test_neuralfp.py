@@ -1,0 +1,198 @@
+"""NeuralFP: fingerprints, the training loss (against a hand computation), the detector, checkpoints, bad input."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from neuroprint.attacks.adaptive_neuralfp import AdaptiveCWNeuralFP
+from neuroprint.data import DataSplits
+from neuroprint.detectors import Detector, make_detector
+from neuroprint.errors import ConfigError, InputError
+from neuroprint.io import read_json
+from neuroprint.models import Classifier
+from neuroprint.models.checkpoint import FINGERPRINTS, load_checkpoint, save_checkpoint
+from neuroprint.models.fingerprints import (
+    OFF_CLASS,
+    ON_CLASS,
+    FingerprintConfig,
+    NeuralFingerprints,
+    fingerprint_distances,
+    fingerprint_loss,
+    fingerprint_responses,
+    perturbed_inputs,
+)
+from neuroprint.models.training import TrainHistory
+
+
+def linear_classifier() -> Classifier:
+    """A 2x2-pixel, 3-class linear model with fixed weights: logits = W x + b."""
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, 1.0, -1.0], [2.0, 0.0, -1.0, 1.0]]))
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    return Classifier(nn.Sequential(nn.Flatten(), layer))
+
+
+def hand_fingerprints() -> NeuralFingerprints:
+    dx = torch.tensor([[[[0.1, -0.1], [0.0, 0.2]]], [[[-0.3, 0.0], [0.1, 0.1]]]])  # [2, 1, 2, 2]
+    dy = torch.stack([torch.eye(3) * 0.5, -torch.eye(3) * 0.25])  # [2 directions, 3 classes, 3 logits]
+    return NeuralFingerprints(dx, dy, FingerprintConfig(n=2, eps=0.3))
+
+
+def test_loss_and_distances_match_a_hand_computation() -> None:
+    clf, fp = linear_classifier(), hand_fingerprints()
+    x = torch.tensor([[[[0.5, 0.2], [0.9, 0.05]]], [[[0.0, 1.0], [0.3, 0.7]]]])
+    y = torch.tensor([2, 0])
+    weight, bias = clf.module[1].weight.detach(), clf.module[1].bias.detach()
+
+    def phi(image: torch.Tensor) -> torch.Tensor:
+        z = weight @ image.flatten() + bias
+        return z / math.sqrt(float((z**2).sum()))
+
+    expected_loss, expected_d = 0.0, torch.zeros(2, 3)
+    for b in range(2):
+        for i in range(2):
+            shifted = (x[b] + fp.dx[i]).clamp(0, 1)  # clipped to the pixel bounds
+            f = phi(shifted) - phi(x[b])
+            expected_loss += float(((f - fp.dy[i, y[b]]) ** 2).sum()) / 4  # mean over 2 examples x 2 directions
+            for j in range(3):
+                expected_d[b, j] += float((f - fp.dy[i, j]).norm()) / 2
+    logits, responses = fingerprint_responses(clf, x, fp, clf.bounds)
+    assert responses.shape == (2, 2, 3)
+    torch.testing.assert_close(logits, clf(x))
+    assert float(fingerprint_loss(responses, y, fp).detach()) == pytest.approx(expected_loss, rel=1e-5)
+    torch.testing.assert_close(fingerprint_distances(responses, fp), expected_d, rtol=1e-5, atol=1e-6)
+    detector = make_detector("neuralfp").fit(_with(clf, fp), x, y)
+    torch.testing.assert_close(detector.score(x), expected_d.min(1).values, rtol=1e-5, atol=1e-6)
+    predicted = clf(x).argmax(1)
+    by_prediction = make_detector("neuralfp:score_kind=predicted").fit(clf, x, y).score(x)
+    torch.testing.assert_close(by_prediction, expected_d[torch.arange(2), predicted], rtol=1e-5, atol=1e-6)
+
+
+def test_a_subset_of_directions_uses_their_own_targets() -> None:
+    clf, fp = linear_classifier(), hand_fingerprints()
+    x, y = torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 2])
+    _, every = fingerprint_responses(clf, x, fp, clf.bounds)
+    second = torch.tensor([1])
+    _, only = fingerprint_responses(clf, x, fp, clf.bounds, second)
+    torch.testing.assert_close(only[:, 0], every[:, 1])
+    expected = float(((every[:, 1] - fp.dy[1, y]) ** 2).sum(1).mean().detach())
+    assert float(fingerprint_loss(only, y, fp, second).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def _with(clf: Classifier, fp: NeuralFingerprints) -> Classifier:
+    clf.fingerprints = fp
+    return clf
+
+
+def test_sampled_fingerprints_follow_the_paper() -> None:
+    fp = NeuralFingerprints.sample(FingerprintConfig(n=6, eps=0.01, seed=3), (1, 28, 28), 10)
+    assert fp.dx.shape == (6, 1, 28, 28) and fp.dy.shape == (6, 10, 10)
+    assert float(fp.dx.abs().max()) <= 0.01 and float(fp.dx.min()) < -0.009 and float(fp.dx.max()) > 0.009
+    torch.testing.assert_close(fp.dy[:, 4, 4], torch.full((6,), ON_CLASS))
+    assert float(fp.dy[2, 4, 5]) == pytest.approx(OFF_CLASS)
+    assert float(fp.dy[0, 0].norm()) == pytest.approx(1.0, abs=0.01)  # unit norm (section 3.1)
+    again = NeuralFingerprints.sample(FingerprintConfig(n=6, eps=0.01, seed=3), (1, 28, 28), 10)
+    assert torch.equal(fp.dx, again.dx)  # seeded
+    signed = NeuralFingerprints.sample(FingerprintConfig(n=40, eps=0.01, pattern="random-sign"), (1, 4, 4), 10)
+    signs = torch.sign(signed.dy[:, 0, 0])
+    assert set(signs.tolist()) == {-1.0, 1.0}  # eq. 28: p = +-1 per direction, shared by its classes
+    paper = NeuralFingerprints.sample(FingerprintConfig(n=40, eps=0.01), (1, 4, 4), 10).dy
+    assert torch.equal(signed.dy, signs.view(-1, 1, 1) * paper)
+
+
+def test_perturbed_inputs_are_clipped_and_direction_major() -> None:
+    fp = hand_fingerprints()
+    x = torch.tensor([[[[0.0, 1.0], [0.95, 0.5]]]])
+    batch = perturbed_inputs(x, fp, (0.0, 1.0))
+    assert batch.shape == (3, 1, 2, 2)
+    assert torch.equal(batch[0], x[0])
+    assert torch.equal(batch[1], (x[0] + fp.dx[0]).clamp(0, 1))
+    assert float(batch.min()) >= 0.0 and float(batch.max()) <= 1.0
+
+
+def test_fingerprints_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
+    clf = _with(linear_classifier(), hand_fingerprints())
+    meta = {"architecture": "small-cnn", "arch_kwargs": {}}
+    save_checkpoint(clf, tmp_path / "ckpt", meta)
+    assert (tmp_path / "ckpt" / FINGERPRINTS).is_file()
+    stored = _reload_fingerprints(tmp_path / "ckpt")
+    assert torch.equal(stored.dx, clf.fingerprints.dx) and torch.equal(stored.dy, clf.fingerprints.dy)
+    assert stored.config == clf.fingerprints.config
+
+
+def _reload_fingerprints(directory: Path) -> NeuralFingerprints:
+    meta = read_json(directory / "model.json")["fingerprints"]
+    return NeuralFingerprints.from_stored(load_file(str(directory / FINGERPRINTS)), meta)
+
+
+def test_trained_model_keeps_its_fingerprints(fp_classifier: Classifier, tmp_path: Path) -> None:
+    meta = {"architecture": "small-cnn", "arch_kwargs": {"in_channels": 1, "width": 16}}
+    save_checkpoint(fp_classifier, tmp_path / "ckpt", meta)
+    loaded, saved_meta = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.fingerprints is not None and saved_meta["fingerprints"]["n"] == fp_classifier.fingerprints.n
+    assert torch.equal(loaded.fingerprints.dx, fp_classifier.fingerprints.dx)
+    (tmp_path / "ckpt" / FINGERPRINTS).write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="fingerprints.safetensors"):
+        load_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / FINGERPRINTS).unlink()
+    with pytest.raises(InputError, match="does not exist"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_training_learns_the_fingerprints(fp_trained: tuple[Classifier, TrainHistory], digits: DataSplits) -> None:
+    fp_classifier, history = fp_trained
+    assert history.fingerprint_loss[-1] < 0.8 * history.fingerprint_loss[0]
+    assert history.val_accuracy[-1] > 0.9
+    detector = make_detector("neuralfp").fit(fp_classifier, digits.val.x, digits.val.y)
+    noise = (digits.test.x + 0.3 * torch.randn_like(digits.test.x)).clamp(0, 1)
+    with torch.no_grad():
+        assert float(detector.score(noise).mean()) > float(detector.score(digits.test.x).mean())
+
+
+def test_detector_refuses_a_model_without_fingerprints(tiny_classifier: Classifier, digits: DataSplits) -> None:
+    with pytest.raises(ConfigError, match="--fingerprints"):
+        make_detector("neuralfp").fit(tiny_classifier, digits.val.x, digits.val.y)
+
+
+def test_detector_refuses_images_of_another_shape(fp_classifier: Classifier) -> None:
+    detector = make_detector("neuralfp")
+    with pytest.raises(InputError, match="shape"):
+        detector.fit(fp_classifier, torch.rand(4, 1, 9, 9), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [({"n": 0}, "n"), ({"eps": 0.0}, "eps"), ({"eps": 1.0}, "eps"), ({"eps": -0.1}, "eps"),
+     ({"pattern": "zigzag"}, "paper, random-sign"), ({"weight": 0.0}, "weight"), ({"per_step": 7}, "per step")],
+)
+def test_bad_fingerprint_settings_raise_config_error(settings: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        FingerprintConfig(**{"n": 5, **settings})  # type: ignore[arg-type]
+
+
+def test_detector_save_load_keeps_scores(fp_classifier: Classifier, digits: DataSplits, tmp_path: Path) -> None:
+    detector = make_detector("neuralfp").fit(fp_classifier, digits.val.x, digits.val.y).calibrate(digits.val.x)
+    detector.save(tmp_path / "det")
+    loaded = Detector.load(tmp_path / "det", fp_classifier)
+    torch.testing.assert_close(loaded.score(digits.test.x[:20]), detector.score(digits.test.x[:20]))
+
+
+def test_adaptive_attack_reaches_its_target_inside_the_box(fp_classifier: Classifier, digits: DataSplits) -> None:
+    x, y = digits.test.x[:24], digits.test.y[:24]
+    detector = make_detector("neuralfp").fit(fp_classifier, digits.val.x, digits.val.y).calibrate(digits.val.x)
+    result = AdaptiveCWNeuralFP(threshold=detector.threshold_, steps=30, search_steps=2, lr=0.05)(fp_classifier, x, y)
+    assert float(result.x_adv.min()) >= 0.0 and float(result.x_adv.max()) <= 1.0
+    assert result.success_rate > 0.5
+    with pytest.raises(ConfigError, match="threshold"):
+        AdaptiveCWNeuralFP(threshold=float("nan"))
+
+
+def test_adaptive_attack_refuses_a_model_without_fingerprints(tiny_classifier: Classifier, digits: DataSplits) -> None:
+    with pytest.raises(ConfigError, match="--fingerprints"):
+        AdaptiveCWNeuralFP(threshold=1.0)(tiny_classifier, digits.test.x[:4], digits.test.y[:4])
