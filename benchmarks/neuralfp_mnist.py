@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="test source images (half clean, half attacked)")
     parser.add_argument("--n-val", type=int, default=1000, help="clean validation images (threshold)")
     parser.add_argument("--n-adaptive", type=int, default=100, help="test images for the adaptive attack")
+    parser.add_argument("--adaptive-steps", type=int, default=50, help="Adam steps per bisection round")
+    parser.add_argument("--adaptive-search", type=int, default=3, help="bisection rounds over gamma")
+    parser.add_argument("--adaptive-lr", type=float, default=0.05)
     parser.add_argument("--attacks", nargs="+", default=ATTACKS)
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     parser.add_argument("--seed", type=int, default=0)
@@ -108,7 +111,8 @@ def adaptive(clf: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]:
     _, test_idx = draw_sources(len(data.test), 2 * args.n_adaptive, args.seed + 1)
     test = correct_clean(clf, data.test, test_idx)
     detector = make_detector("neuralfp").fit(clf, val.x, val.y).calibrate(val.x, fpr=0.05)
-    attack = AdaptiveCWNeuralFP(threshold=detector.threshold_, random_state=args.seed)
+    attack = AdaptiveCWNeuralFP(threshold=detector.threshold_, steps=args.adaptive_steps,
+                                search_steps=args.adaptive_search, lr=args.adaptive_lr, random_state=args.seed)
     start = time.perf_counter()
     result = attack(clf, test.x, test.y, batch_size=50, progress=True)
     seconds = time.perf_counter() - start

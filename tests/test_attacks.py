@@ -25,9 +25,10 @@ SPECS = {
     "deepfool": "deepfool:steps=20",
     "jsma": "jsma:gamma=0.2",
     "ead": "ead:binary_search_steps=3,steps=50",
+    "lbfgs": "lbfgs:search_steps=3,max_iter=50",
 }
 MIN_SUCCESS = {"fgsm": 0.5, "bim-a": 0.9, "bim-b": 0.9, "pgd": 0.9, "mifgsm": 0.9, "cw": 0.9, "deepfool": 0.9,
-               "jsma": 0.7, "ead": 0.9}
+               "jsma": 0.7, "ead": 0.9, "lbfgs": 0.9}
 LINF = {"fgsm", "bim-a", "bim-b", "pgd", "mifgsm"}
 
 

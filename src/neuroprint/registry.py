@@ -42,6 +42,10 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {self.kind} {name!r}; valid: {valid}")
         return factory(**kwargs)
 
+    def parameters(self, name: str) -> list[str]:
+        """Names of the keyword parameters `name`'s factory accepts."""
+        return [p for p in inspect.signature(self.get(name)).parameters if p != "self"]
+
     def available(self) -> list[str]:
         return sorted(self._entries)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from neuroprint.attacks import bim_a as _bim_a  # noqa: F401  (each module registers its attacks)
 from neuroprint.attacks import foolbox_attacks as _foolbox_attacks  # noqa: F401
 from neuroprint.attacks import jsma as _jsma  # noqa: F401
+from neuroprint.attacks import lbfgs as _lbfgs  # noqa: F401
 from neuroprint.attacks import linf as _linf  # noqa: F401
 from neuroprint.attacks.adversarial_set import AdversarialSet, build_adversarial_set
 from neuroprint.attacks.base import Attack, AttackResult

@@ -26,7 +26,7 @@ import torch
 
 from neuroprint.attacks import AdversarialSet, build_adversarial_set, make_attack
 from neuroprint.data import DataSplits, Split, load_dataset
-from neuroprint.detectors import Detector, make_detector
+from neuroprint.detectors import DETECTORS, Detector, make_detector
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.evaluation import metrics
 from neuroprint.io import git_commit, versions
@@ -73,9 +73,12 @@ class EvalConfig:
             self.detector(spec)
 
     def detector(self, spec: str) -> Detector:
-        """A fresh detector for `spec`, seeded with `seed` unless the spec sets `random_state` itself."""
+        """A fresh detector for `spec`, seeded with `seed` unless the spec sets `random_state` itself (or the
+        detector has no randomness to seed)."""
         name, params = parse_spec(spec)
-        return make_detector(name, **{"random_state": self.seed, **params})
+        if name in DETECTORS and "random_state" in DETECTORS.parameters(name):
+            params = {"random_state": self.seed, **params}
+        return make_detector(name, **params)
 
 
 @dataclass
