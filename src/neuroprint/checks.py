@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from neuroprint.errors import ConfigError
@@ -27,6 +28,13 @@ def check_float(name: str, value: Any, low: float, high: float, *, low_open: boo
 def check_eps(value: Any, name: str = "eps") -> float:
     """An L-inf budget in pixel units of [0, 1] images: 0 < eps <= 1."""
     return check_float(name, value, 0.0, 1.0)
+
+
+def check_layers(layers: Sequence[str] | None) -> list[str] | None:
+    """Feature-layer names: None (the classifier's own) or a non-empty list of names, else `ConfigError`."""
+    if layers is not None and (isinstance(layers, str) or len(layers) == 0):
+        raise ConfigError(f"layers must be a non-empty list of layer names or None, got {layers!r}")
+    return None if layers is None else list(layers)
 
 
 def check_bool(name: str, value: Any) -> bool:

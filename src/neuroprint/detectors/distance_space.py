@@ -15,11 +15,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from neuroprint.checks import check_choice, check_float, check_int
+from neuroprint.checks import check_choice, check_float, check_int, check_layers
 from neuroprint.detectors.base import Detector, FeatureSpec
 from neuroprint.detectors.pivots import METRICS, PIVOTS, Metric, PivotKind, class_pivots, embed
 from neuroprint.detectors.training_cache import memoised, training_activations
-from neuroprint.errors import ConfigError, InputError
+from neuroprint.errors import InputError
 from neuroprint.features import Features, activations, extract
 from neuroprint.models.classifier import Classifier
 from neuroprint.registry import DETECTORS
@@ -110,12 +110,11 @@ class DistanceSpaceDetector(Detector):
         medoid_reference: int = 10_000,
         random_state: int = 0,
     ) -> None:
-        if layers is not None and (isinstance(layers, str) or len(layers) == 0):
-            raise ConfigError(f"layers must be a non-empty list of layer names or None, got {layers!r}")
+        layers = check_layers(layers)
         self.head = check_choice("head", head, HEADS)
         self.pivot = check_choice("pivot", pivot, PIVOTS)
         self.metric = check_choice("metric", metric, METRICS)
-        self.layers = None if layers is None else list(layers)
+        self.layers = layers
         self.hidden = check_int("hidden", hidden)
         self.lr = check_float("lr", lr, 0.0, 1.0)
         self.batch_size = check_int("batch_size", batch_size)

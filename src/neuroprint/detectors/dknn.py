@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 import torch
 
-from neuroprint.checks import check_bool, check_float
+from neuroprint.checks import check_bool, check_float, check_layers
 from neuroprint.detectors.base import Detector
 from neuroprint.detectors.influence import forward_with_embedding
 from neuroprint.detectors.logistic import LogisticHead
@@ -104,8 +104,7 @@ class DkNNDetector(Detector):
         cv_folds: int = 5,
         random_state: int = 0,
     ) -> None:
-        if layers is not None and (isinstance(layers, str) or len(layers) == 0):
-            raise ConfigError(f"layers must be a non-empty list of layer names or None, got {layers!r}")
+        layers = check_layers(layers)
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
         check_float("calibration_fraction", calibration_fraction, 0.0, 1.0)
@@ -114,7 +113,7 @@ class DkNNDetector(Detector):
         if cv_folds < 2:
             raise ConfigError(f"cv_folds must be >= 2 (k is chosen by cross-validation), got {cv_folds}")
         self.k_grid = check_grid("k_grid", k_grid)
-        self.layers = None if layers is None else list(layers)
+        self.layers = layers
         self.pooling = pooling
         self.calibration_fraction = calibration_fraction
         self.tie_break = check_bool("tie_break", tie_break)

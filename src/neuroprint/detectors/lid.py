@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from neuroprint.checks import check_layers
 from neuroprint.detectors.base import Detector, FeatureSpec
 from neuroprint.detectors.logistic import LogisticHead
 from neuroprint.errors import ConfigError, InputError
@@ -97,13 +98,12 @@ class LIDDetector(Detector):
             raise ConfigError(f"n_batches must be >= 1, got {n_batches}")
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
-        if layers is not None and (isinstance(layers, str) or len(layers) == 0):
-            raise ConfigError(f"layers must be a non-empty list of layer names or None, got {layers!r}")
+        layers = check_layers(layers)
         LogisticHead(cv_folds, random_state)  # validates cv_folds
         self.k = k
         self.batch_size = batch_size
         self.n_batches = n_batches
-        self.layers = None if layers is None else list(layers)
+        self.layers = layers
         self.pooling = pooling
         self.cv_folds = cv_folds
         self.random_state = random_state

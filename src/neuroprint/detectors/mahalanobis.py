@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from sklearn.metrics import roc_auc_score
 
+from neuroprint.checks import check_layers
 from neuroprint.detectors.base import Detector, FeatureSpec
 from neuroprint.detectors.logistic import LogisticHead
 from neuroprint.errors import ConfigError, InputError
@@ -91,15 +92,14 @@ class MahalanobisDetector(Detector):
         cv_folds: int = 5,
         random_state: int = 0,
     ) -> None:
-        if layers is not None and (isinstance(layers, str) or len(layers) == 0):
-            raise ConfigError(f"layers must be a non-empty list of layer names or None, got {layers!r}")
+        layers = check_layers(layers)
         if isinstance(noise_magnitudes, str) or len(noise_magnitudes) == 0 or min(noise_magnitudes) < 0:
             raise ConfigError(f"noise_magnitudes must be a non-empty list of values >= 0, got {noise_magnitudes!r}")
         for param, value in (("stats_fraction", stats_fraction), ("validation_fraction", validation_fraction)):
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"{param} must be in (0, 1), got {value}")
         LogisticHead(cv_folds, random_state)  # validates cv_folds
-        self.layers = None if layers is None else list(layers)
+        self.layers = layers
         self.noise_magnitudes = [float(e) for e in noise_magnitudes]
         self.stats_fraction = stats_fraction
         self.validation_fraction = validation_fraction

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from neuroprint.checks import check_bool, check_float
+from neuroprint.checks import check_bool, check_float, check_layers
 from neuroprint.detectors.base import Detector
 from neuroprint.detectors.influence import LastLayerInfluence, forward_with_embedding
 from neuroprint.detectors.logistic import LogisticHead
@@ -75,8 +75,7 @@ class NNIFDetector(Detector):
         cv_folds: int = 5,
         random_state: int = 0,
     ) -> None:
-        if layers is not None and (isinstance(layers, str) or len(layers) == 0):
-            raise ConfigError(f"layers must be a non-empty list of layer names or None, got {layers!r}")
+        layers = check_layers(layers)
         check_bool("embedding_only", embedding_only)
         if embedding_only and layers is not None:
             raise ConfigError("give either layers or embedding_only=true, not both")
@@ -86,7 +85,7 @@ class NNIFDetector(Detector):
         if cv_folds < 2:
             raise ConfigError(f"cv_folds must be >= 2 (M is chosen by cross-validation), got {cv_folds}")
         self.m_grid = check_grid("m_grid", m_grid)
-        self.layers = None if layers is None else list(layers)
+        self.layers = layers
         self.embedding_only = embedding_only
         self.pooling = pooling
         self.damping = damping
