@@ -118,17 +118,22 @@ class Detector:
         self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None
     ) -> torch.Tensor:
         """Validate `fit`'s arguments (one-line `InputError`s); returns `x_adv`, now known to be a tensor."""
-        classifier.check_input(x, "x")
-        if not isinstance(y, torch.Tensor) or y.shape != (len(x),):
-            raise InputError(f"y must be a tensor of shape [{len(x)}] to match x, got {getattr(y, 'shape', y)}")
-        if y.is_floating_point() or y.dtype == torch.bool:
-            raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
+        self._check_labelled_images(classifier, x, y)
         if x_adv is None:
             raise InputError(f"{self.name} needs adversarial examples: pass x_adv")
         classifier.check_input(x_adv, "x_adv")
         if x_adv.shape[1:] != x.shape[1:]:
             raise InputError(f"x_adv images have shape {list(x_adv.shape[1:])}, x has {list(x.shape[1:])}")
         return x_adv
+
+    @staticmethod
+    def _check_labelled_images(classifier: Classifier, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise `InputError` unless `x` are valid images for `classifier` and `y` `[N]` their integer labels."""
+        classifier.check_input(x, "x")
+        if not isinstance(y, torch.Tensor) or y.shape != (len(x),):
+            raise InputError(f"y must be a tensor of shape [{len(x)}] to match x, got {getattr(y, 'shape', y)}")
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
 
     def _check_features(self, features: Features, layers: tuple[str, ...], name: str) -> None:
         """Raise `InputError` unless `features` holds finite, non-empty `[N, D]` activations of every layer."""

@@ -56,9 +56,7 @@ class NeuralFPDetector(Detector):
         `x_adv` is accepted (and checked) so the detector fits the common protocol, but never used.
         """
         fingerprints = model_fingerprints(classifier)
-        classifier.check_input(x, "x")
-        if not isinstance(y, torch.Tensor) or y.shape != (len(x),):
-            raise InputError(f"y must be a tensor of shape [{len(x)}] to match x, got {getattr(y, 'shape', y)}")
+        self._check_labelled_images(classifier, x, y)
         if x_adv is not None:
             classifier.check_input(x_adv, "x_adv")
         if tuple(x.shape[1:]) != tuple(fingerprints.dx.shape[1:]):
