@@ -35,6 +35,11 @@ class FeatureSpec:
     pooling: Pooling
 
 
+def resolve_layers(layers: list[str] | None, classifier: Classifier) -> tuple[str, ...]:
+    """The feature layers a detector reads: its `layers` hyperparameter, or the classifier's own when None."""
+    return tuple(layers) if layers is not None else classifier.layers
+
+
 class Detector:
     """Base class. Subclasses set `name`, implement `fit`/`score`, and `state_dict_`/`load_state_` for saving."""
 

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from neuroprint.checks import check_choice, check_float, check_int, check_layers
-from neuroprint.detectors.base import Detector, FeatureSpec
+from neuroprint.detectors.base import Detector, FeatureSpec, resolve_layers
 from neuroprint.detectors.pivots import METRICS, PIVOTS, Metric, PivotKind, class_pivots, embed
 from neuroprint.detectors.training_cache import memoised, training_activations
 from neuroprint.errors import InputError
@@ -134,7 +134,7 @@ class DistanceSpaceDetector(Detector):
     ) -> DistanceSpaceDetector:
         """Learn from clean images `x` `[N, C, H, W]` (labels `y` are not used) and adversarial images `x_adv`."""
         x_adv = self._check_fit_inputs(classifier, x, y, x_adv)
-        layers = self._layers_of(classifier)
+        layers = resolve_layers(self.layers, classifier)
         self._fit_pivots(classifier, layers)
         clean = extract(classifier, x, layers, "avg", _CHUNK)
         adv = extract(classifier, x_adv, layers, "avg", _CHUNK)
@@ -144,14 +144,11 @@ class DistanceSpaceDetector(Detector):
         self, classifier: Classifier, features: Features, y: torch.Tensor, features_adv: Features
     ) -> DistanceSpaceDetector:
         """`fit` on activations extracted as `feature_spec` says (`y` is not used)."""
-        layers = self._layers_of(classifier)
+        layers = resolve_layers(self.layers, classifier)
         self._check_features(features, layers, "features")
         self._check_features(features_adv, layers, "features_adv")
         self._fit_pivots(classifier, layers)
         return self._fit_network(classifier, self._embed(features), self._embed(features_adv))
-
-    def _layers_of(self, classifier: Classifier) -> tuple[str, ...]:
-        return tuple(self.layers) if self.layers is not None else classifier.layers
 
     def _fit_pivots(self, classifier: Classifier, layers: tuple[str, ...]) -> None:
         """Pivots `{layer: [K, D]}` from the training activations (reused across fits on the same data)."""

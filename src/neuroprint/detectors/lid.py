@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from neuroprint.checks import check_layers
-from neuroprint.detectors.base import Detector, FeatureSpec
+from neuroprint.detectors.base import Detector, FeatureSpec, resolve_layers
 from neuroprint.detectors.logistic import LogisticHead
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.features import POOLINGS, Features, Pooling, activations, extract
@@ -127,7 +127,7 @@ class LIDDetector(Detector):
         self, classifier: Classifier, features: Features, y: torch.Tensor, features_adv: Features
     ) -> LIDDetector:
         """`fit` on activations extracted as `feature_spec` says (`y` is not used)."""
-        layers = self._layers_of(classifier)
+        layers = resolve_layers(self.layers, classifier)
         self._check_features(features, layers, "features")
         self._check_features(features_adv, layers, "features_adv")
         self._start_fit(classifier, len(features))
@@ -137,9 +137,6 @@ class LIDDetector(Detector):
         adv = self._lids(features_adv, self._self_columns(len(features_adv)) if paired else None)
         return self._fit_head(classifier, clean, adv)
 
-    def _layers_of(self, classifier: Classifier) -> tuple[str, ...]:
-        return tuple(self.layers) if self.layers is not None else classifier.layers
-
     def _start_fit(self, classifier: Classifier, n_clean: int) -> None:
         per_batch = min(n_clean // self.n_batches, self.batch_size)
         if per_batch <= self.k:
@@ -147,7 +144,7 @@ class LIDDetector(Detector):
                 f"lid with k={self.k}, n_batches={self.n_batches} needs more than {self.k * self.n_batches} clean "
                 f"images, got {n_clean}"
             )
-        self.layers_ = self._layers_of(classifier)
+        self.layers_ = resolve_layers(self.layers, classifier)
         generator = torch.Generator().manual_seed(self.random_state)
         index = torch.randperm(n_clean, generator=generator)[: per_batch * self.n_batches]
         self.reference_index_ = index.view(self.n_batches, per_batch).sort(dim=1).values.flatten()

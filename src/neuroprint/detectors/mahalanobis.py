@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from neuroprint.checks import check_layers
-from neuroprint.detectors.base import Detector, FeatureSpec
+from neuroprint.detectors.base import Detector, FeatureSpec, resolve_layers
 from neuroprint.detectors.logistic import LogisticHead
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.features import Features, activations, extract
@@ -118,7 +118,7 @@ class MahalanobisDetector(Detector):
     ) -> MahalanobisDetector:
         """Learn from clean images `x` `[N, C, H, W]`, their labels `y` `[N]` and adversarial images `x_adv`."""
         x_adv = self._check_fit_inputs(classifier, x, y, x_adv)
-        layers = self._layers_of(classifier)
+        layers = resolve_layers(self.layers, classifier)
         stats, head_clean, head_adv = self._split(len(x), len(x_adv))
         self._fit_gaussians(dict(extract(classifier, x[stats], layers, "avg", _CHUNK)), y[stats], layers)
         with torch.no_grad():  # the pre-processing gradient turns autograd back on for itself
@@ -132,7 +132,7 @@ class MahalanobisDetector(Detector):
         """`fit` on average-pooled activations (only without pre-processing: `noise_magnitudes=[0.0]`)."""
         if self.feature_spec is None:
             raise ConfigError(f"noise_magnitudes must be [0.0] to fit mahalanobis on features, got {self.noise_magnitudes}")
-        layers = self._layers_of(classifier)
+        layers = resolve_layers(self.layers, classifier)
         self._check_features(features, layers, "features")
         self._check_features(features_adv, layers, "features_adv")
         if not isinstance(y, torch.Tensor) or y.shape != (len(features),) or y.is_floating_point():
@@ -143,9 +143,6 @@ class MahalanobisDetector(Detector):
         clean = self._confidences({layer: features[layer][head_clean] for layer in layers}).expand(e, -1, -1)
         adv = self._confidences({layer: features_adv[layer][head_adv] for layer in layers}).expand(e, -1, -1)
         return self._fit_head(classifier, clean, adv)
-
-    def _layers_of(self, classifier: Classifier) -> tuple[str, ...]:
-        return tuple(self.layers) if self.layers is not None else classifier.layers
 
     def _split(self, n_clean: int, n_adv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Seeded (stats, head clean, head adversarial) index sets; paired sets share the split."""
