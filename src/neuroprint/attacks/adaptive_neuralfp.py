@@ -87,6 +87,7 @@ class AdaptiveCWNeuralFP(Attack):
         best_l2 = torch.full_like(gamma, math.inf)  # smallest perturbation that reached t undetected
         best_distance = torch.full_like(gamma, math.inf)  # fallback: lowest D among iterates that reached t
         dy_target = fingerprints.dy.to(x.device)[:, target].transpose(0, 1)  # [B, n, K]
+        is_target = torch.nn.functional.one_hot(target, k).bool()  # [B, K]
         for _ in range(self.params["search_steps"]):
             w = w0.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([w], lr=self.params["lr"])
@@ -96,7 +97,7 @@ class AdaptiveCWNeuralFP(Attack):
                 logits, responses = fingerprint_responses(classifier, adv, fingerprints, classifier.bounds)
                 l2 = (adv - x).flatten(1).pow(2).sum(1)
                 target_logit = logits.gather(1, target[:, None]).squeeze(1)
-                other = logits.masked_fill(torch.nn.functional.one_hot(target, k).bool(), -math.inf).amax(1)
+                other = logits.masked_fill(is_target, -math.inf).amax(1)
                 cw = (other - target_logit).clamp_min(-self.params["kappa"])
                 fp = (responses - dy_target).pow(2).sum(2).mean(1)
                 loss = (l2 + gamma * (cw + fp)).sum()
