@@ -1,4 +1,4 @@
-"""The `neuroprint` command line: list, train, attack, evaluate, demo.
+"""The `neuroprint` command line: list, train, attack, evaluate, demo, ownership.
 
 Every `NeuroprintError` (bad names, bad values, missing or corrupt files) becomes one line on stderr and exit code 2.
 """
@@ -12,9 +12,12 @@ from typing import Annotated
 import typer
 
 from neuroprint.errors import ConfigError, NeuroprintError
+from neuroprint.ownership.cli import ownership_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Detect adversarial inputs with neural fingerprints; evaluate detectors honestly.")
+
+app.add_typer(ownership_app, name="ownership")
 
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `neuroprint list`)")]
 DataPath = Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz")]

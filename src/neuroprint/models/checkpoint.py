@@ -131,21 +131,30 @@ def model_key(architecture: str, dataset: str, config: TrainConfig, arch_kwargs:
     return f"{architecture}-{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
+def architecture_kwargs(architecture: str, data: DataSplits) -> dict[str, Any]:
+    """The arguments that fit zoo `architecture` to `data`'s image shape and class count."""
+    c, h, _ = data.image_shape
+    kwargs: dict[str, Any] = {"in_channels": c, "num_classes": data.num_classes}
+    if "image_size" in MODELS.parameters(architecture):
+        kwargs["image_size"] = h
+    return kwargs
+
+
+def build_classifier(architecture: str, data: DataSplits, seed: int) -> Classifier:
+    """A freshly initialised (seeded) zoo `architecture` for `data`, normalised with its training statistics."""
+    torch.manual_seed(seed)
+    return Classifier(MODELS.create(architecture, **architecture_kwargs(architecture, data)), mean=data.mean, std=data.std)
+
+
 def train_model(
     architecture: str, data: DataSplits, config: TrainConfig, progress: bool = True, device: str = "cpu"
 ) -> tuple[Classifier, dict[str, Any]]:
     """Train a zoo architecture on `data` on `device`; returns the classifier and its checkpoint metadata."""
-    c, h, _ = data.image_shape
-    arch_kwargs: dict[str, Any] = {"in_channels": c, "num_classes": data.num_classes}
-    if architecture in ("mnist-net", "cifar-net"):
-        arch_kwargs["image_size"] = h
-    torch.manual_seed(config.seed)
-    module = MODELS.create(architecture, **arch_kwargs)
-    clf = Classifier(module, mean=data.mean, std=data.std).to(device)
+    clf = build_classifier(architecture, data, config.seed).to(device)
     history = train(clf, data.train, data.val, config, progress=progress)
     meta = {
         "architecture": architecture,
-        "arch_kwargs": arch_kwargs,
+        "arch_kwargs": architecture_kwargs(architecture, data),
         "dataset": data.name,
         "train_config": asdict(config),
         "val_accuracy": history.val_accuracy,

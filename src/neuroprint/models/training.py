@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -51,10 +52,22 @@ def accuracy(classifier: Classifier, split: Split, batch_size: int = 512) -> flo
     return float((classifier.predict(split.x, batch_size) == split.y).float().mean())
 
 
+#: Replaces a training batch `x` (labels `y`) by other inputs, e.g. PGD examples for adversarial training.
+Perturb = Callable[[Classifier, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def train(
-    classifier: Classifier, train_split: Split, val_split: Split, config: TrainConfig, progress: bool = True
+    classifier: Classifier,
+    train_split: Split,
+    val_split: Split,
+    config: TrainConfig,
+    progress: bool = True,
+    perturb: Perturb | None = None,
 ) -> TrainHistory:
     """Train `classifier` in place on `train_split`, reporting validation accuracy after each epoch.
+
+    Parameters with ``requires_grad=False`` stay frozen. `perturb` (evaluated with the model in eval mode) replaces
+    each batch before the step: adversarial training passes an attack here.
 
     With `config.fingerprint` set (NeuralFP, Dathathri et al. eq. 14) the loss is cross-entropy + weight * L_fp,
     evaluated in one forward pass over each batch and its n fingerprint-perturbed copies; the fingerprints are
@@ -63,7 +76,7 @@ def train(
     fingerprints = _attach_fingerprints(classifier, config.fingerprint, train_split)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam([p for p in classifier.parameters() if p.requires_grad], lr=config.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [config.lr_drop_epoch], gamma=0.1)
     loss_fn = nn.CrossEntropyLoss()
     history = TrainHistory()
@@ -78,6 +91,10 @@ def train(
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             x, y = train_split.x[idx].to(classifier.device), train_split.y[idx].to(classifier.device)
+            if perturb is not None:
+                classifier.eval()
+                x = perturb(classifier, x, y).detach()
+                classifier.train()
             optimizer.zero_grad()
             if fingerprints is None:
                 loss = loss_fn(classifier(x), y)

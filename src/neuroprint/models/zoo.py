@@ -119,3 +119,23 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> n
             logits=nn.Linear(64, num_classes),
         )
     )
+
+
+@MODELS.register("lenet5")
+def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Sequential:
+    """LeNet-5 of LeCun et al. 1998 with ReLU and max-pooling: conv5x5(6, padded) + pool, conv5x5(16) + pool,
+    FC 120, FC 84, logits. Input `[N, in_channels, image_size, image_size]`; about 10x cheaper than `mnist-net`,
+    so the ownership experiments (many models per run) use it."""
+    side = (image_size // 2 - 4) // 2
+    if side < 1:
+        raise ConfigError(f"image_size must be >= 12 for lenet5, got {image_size}")
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),
+            conv2=nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),
+            flatten=nn.Flatten(),
+            fc1=nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU()),
+            fc2=nn.Sequential(nn.Linear(120, 84), nn.ReLU()),
+            logits=nn.Linear(84, num_classes),
+        )
+    )

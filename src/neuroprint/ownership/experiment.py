@@ -1,0 +1,327 @@
+"""The ownership experiment of Lukas et al. 2021 (arXiv 1912.00888, section 6) on one dataset, end to end.
+
+The training images are cut in two disjoint halves: the defender's and the attacker's. The defender trains the
+source model and, for CEM, S local surrogates (on the source's labels) and R local references (on true labels),
+all on its half, and generates a CEM and an IPGuard fingerprint from its validation images. The attacker derives
+unseen surrogates from the source with every removal attack on its own half; unseen references are trained there
+by independent parties on true labels, with several architectures. Every suspect gets its test accuracy and its
+CAEAcc on both fingerprints; ROC AUC measures how well CAEAcc separates surrogates from references (only
+surrogates within `max_accuracy_drop` of the source's accuracy count: an attack that destroys the model removes
+nothing). Optionally, the conferrability on the unseen models of CEM vs FGSM/PGD/CW examples is compared per eps.
+Models and fingerprints are cached by a hash of everything that decides them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from neuroprint.checks import check_float, check_int
+from neuroprint.data import load_dataset
+from neuroprint.data.base import DataSplits, Split
+from neuroprint.errors import ConfigError, InputError
+from neuroprint.io import git_commit, versions
+from neuroprint.models.checkpoint import (
+    architecture_kwargs,
+    build_classifier,
+    load_checkpoint,
+    save_checkpoint,
+)
+from neuroprint.models.classifier import Classifier
+from neuroprint.models.training import TrainConfig, accuracy, train
+from neuroprint.ownership.cem import CEMConfig
+from neuroprint.ownership.conferrability import conferrability, predictions
+from neuroprint.ownership.fingerprint import Fingerprint
+from neuroprint.ownership.generate import generate_cem_fingerprint
+from neuroprint.ownership.ipguard import IPGuardConfig, generate_ipguard_fingerprint
+from neuroprint.ownership.removal import make_removal, source_labels
+from neuroprint.ownership.verify import LocalSuspect, cae_accuracy
+from neuroprint.registry import MODELS
+
+Log = Callable[[str], None]
+
+DEFAULT_REMOVALS = (
+    "ftll", "ftal", "rtll", "rtal", "prune:rate=0.7", "prune:rate=0.8", "prune:rate=0.9",
+    "retrain:architecture=lenet5", "retrain:architecture=small-cnn", "retrain:architecture=mnist-net",
+    "adv-train", "ground-truth:share=0.5", "ground-truth:share=0.6", "ground-truth:share=0.7",
+    "ground-truth:share=0.8",
+)
+DEFAULT_REFERENCES = ("lenet5", "lenet5", "lenet5", "small-cnn", "mnist-net")
+
+
+@dataclass
+class OwnershipConfig:
+    """Everything that decides an ownership experiment (recorded with its results)."""
+
+    dataset: str = "mnist"
+    architecture: str = "lenet5"  # the source model's and the local models' architecture
+    epochs: int = 4
+    n_surrogates: int = 3
+    n_references: int = 3
+    size: int = 100  # fingerprint inputs
+    n_candidates: int = 500  # validation images CEM and IPGuard start from
+    tau: float = 0.9
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    ipguard: IPGuardConfig = field(default_factory=IPGuardConfig)
+    removals: list[str] = field(default_factory=lambda: list(DEFAULT_REMOVALS))
+    reference_architectures: list[str] = field(default_factory=lambda: list(DEFAULT_REFERENCES))
+    max_accuracy_drop: float = 0.03
+    compare_eps: list[float] = field(default_factory=list)  # conferrability of CEM vs FGSM/PGD/CW at these eps
+    n_compare: int = 300
+    seed: int = 0
+    cache_dir: Path = Path("runs/cache/ownership")
+
+    def __post_init__(self) -> None:
+        MODELS.get(self.architecture)
+        for name in self.reference_architectures:
+            MODELS.get(name)
+        for name in ("epochs", "n_surrogates", "n_references", "size", "n_candidates", "n_compare"):
+            check_int(name, getattr(self, name))
+        check_float("tau", self.tau, 0.0, 1.0, low_open=False)
+        check_float("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0, low_open=False)
+        if not self.reference_architectures:
+            raise ConfigError("reference_architectures must name at least one architecture (unseen references)")
+        for spec in self.removals:
+            make_removal(spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "cache_dir": str(self.cache_dir)}
+
+
+@dataclass
+class SuspectResult:
+    """One unseen suspect: surrogate (a removal attack's output) or reference, with accuracy and CAEAcc per method."""
+
+    name: str
+    kind: str  # "surrogate" or "reference"
+    test_accuracy: float
+    counts: bool  # a surrogate that kept its accuracy (references always count)
+    cae_acc: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class OwnershipReport:
+    config: OwnershipConfig
+    source_accuracy: float
+    fingerprints: dict[str, dict[str, Any]]
+    suspects: list[SuspectResult]
+    auc: dict[str, float]
+    conferrability: list[dict[str, Any]]
+    seconds: float
+    provenance: dict[str, Any] = field(default_factory=lambda: {"versions": versions(), "git": git_commit()})
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["config"] = self.config.to_dict()
+        return out
+
+
+def split_owner_data(data: DataSplits, seed: int, attacker_val: int = 2000) -> tuple[DataSplits, DataSplits]:
+    """Cut `data.train` into the defender's and the attacker's disjoint halves (seeded). The defender keeps
+    `data.val` (fingerprint candidates); the attacker holds out `attacker_val` of its half; both share `data.test`."""
+    n = len(data.train)
+    if n < 2 * attacker_val + 2:
+        raise InputError(f"the {data.name} training split has {n} images; the ownership experiment needs > {2 * attacker_val + 2}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    half = n // 2
+    defender = DataSplits(data.name, data.train.subset(perm[:half]), data.val, data.test, data.num_classes)
+    attacker_part = perm[half:]
+    attacker = DataSplits(data.name, data.train.subset(attacker_part[:-attacker_val]),
+                          data.train.subset(attacker_part[-attacker_val:]), data.test, data.num_classes)
+    return defender, attacker
+
+
+class ModelCache:
+    """Checkpoints under `root`, one per hash of the recipe that decides the weights."""
+
+    def __init__(self, root: Path, log: Log) -> None:
+        self.root, self.log = root, log
+
+    def get(self, recipe: dict[str, Any], architecture: str, data: DataSplits,
+            build: Callable[[], Classifier]) -> Classifier:
+        key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        directory = self.root / "models" / f"{recipe['role']}-{key}"
+        if (directory / "model.json").is_file():
+            return load_checkpoint(directory)[0]
+        started = time.perf_counter()
+        model = build()
+        save_checkpoint(model, directory, {"architecture": architecture,
+                                           "arch_kwargs": architecture_kwargs(architecture, data),
+                                           "dataset": data.name, "recipe": recipe})
+        self.log(f"trained {recipe['role']} {recipe.get('name', '')} in {time.perf_counter() - started:.0f} s")
+        return model
+
+
+def local_models(
+    source: Classifier, source_recipe: dict[str, Any], architecture: str, data: DataSplits, n_surrogates: int,
+    n_references: int, epochs: int, cache: ModelCache,
+) -> tuple[list[Classifier], list[Classifier]]:
+    """The defender's local models for CEM, trained on `data.train` (cached): surrogates on the source's labels
+    (seeds 1, 2, ...), references on the true labels (seeds 101, 102, ...)."""
+    surrogates = [cache.get({**source_recipe, "role": "local-surrogate", "architecture": architecture,
+                             "epochs": epochs, "seed": 1 + i}, architecture, data,
+                            lambda i=i: _trained(architecture, data, source_labels(source, data.train),
+                                                 source_labels(source, data.val), epochs, 1 + i))
+                  for i in range(n_surrogates)]
+    references = [cache.get({"data": data_key(data.train), "role": "local-reference",
+                             "architecture": architecture, "epochs": epochs, "seed": 101 + i}, architecture, data,
+                            lambda i=i: _trained(architecture, data, data.train, data.val, epochs, 101 + i))
+                  for i in range(n_references)]
+    return surrogates, references
+
+
+def data_key(split: Split) -> str:
+    """A short hash of a split's images and labels (part of every cache key that depends on them)."""
+    digest = hashlib.sha1(split.x.numpy().tobytes())
+    digest.update(split.y.numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _trained(architecture: str, data: DataSplits, labels: Split, val: Split, epochs: int, seed: int) -> Classifier:
+    model = build_classifier(architecture, data, seed)
+    config = TrainConfig(epochs=epochs, lr_drop_epoch=max(1, epochs - 1), seed=seed)
+    train(model, labels, val, config, progress=False)
+    return model
+
+
+def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = print) -> OwnershipReport:
+    """Run the whole experiment (see the module docstring); cached models and fingerprints are reused."""
+    started = time.perf_counter()
+    data = load_dataset(config.dataset)
+    defender, attacker = split_owner_data(data, config.seed)
+    cache = ModelCache(Path(config.cache_dir), log)
+    base = {"data": data_key(defender.train), "epochs": config.epochs}
+    attacker_base = {"attacker_data": data_key(attacker.train), "epochs": config.epochs}
+    arch = config.architecture
+
+    source_recipe = {**base, "role": "source", "architecture": arch}
+    source = cache.get(source_recipe, arch, defender,
+                       lambda: _trained(arch, defender, defender.train, defender.val, config.epochs, config.seed))
+    source_acc = accuracy(source, data.test)
+    log(f"source {arch}: test accuracy {100 * source_acc:.2f}%")
+    surrogates, references = local_models(source, source_recipe, arch, defender, config.n_surrogates,
+                                          config.n_references, config.epochs, cache)
+
+    candidates = data.val.subset(torch.arange(min(config.n_candidates, len(data.val))))
+    fp_cache = Path(config.cache_dir) / "fingerprints"
+    fingerprints = {
+        "cem": _cached_fingerprint(fp_cache, {"source": source_recipe, "cem": asdict(config.cem), "tau": config.tau,
+                                              "size": config.size, "n": len(candidates), "S": config.n_surrogates,
+                                              "R": config.n_references},
+                                   lambda: generate_cem_fingerprint(source, surrogates, references, candidates.x,
+                                                                    candidates.y, config.size, config.tau, config.cem,
+                                                                    progress)),
+        "ipguard": _cached_fingerprint(fp_cache, {"source": source_recipe, "ipguard": asdict(config.ipguard),
+                                                  "size": config.size, "n": len(candidates)},
+                                       lambda: generate_ipguard_fingerprint(source, candidates.x, config.size,
+                                                                            config.ipguard, progress)),
+    }
+    for method, fp in fingerprints.items():
+        log(f"{method} fingerprint: {len(fp)} inputs, source CAEAcc {100 * cae_accuracy(LocalSuspect(source), fp):.0f}%")
+
+    suspects: list[SuspectResult] = []
+    models: dict[str, Classifier] = {}
+    jobs = [("surrogate", spec) for spec in config.removals] + [
+        ("reference", f"{name}#{i}") for i, name in enumerate(config.reference_architectures)]
+    for kind, spec in tqdm(jobs, desc="suspects", unit="model", disable=not progress):
+        t0 = time.perf_counter()
+        if kind == "surrogate":
+            removal = make_removal(spec)
+            model = cache.get({**source_recipe, **attacker_base, "role": "surrogate", "name": spec}, removal.architecture or arch,
+                              attacker, lambda removal=removal: removal.run(source, attacker))
+            name = removal.label
+        else:
+            ref_arch, index = spec.split("#")
+            model = cache.get({**attacker_base, "role": "reference", "name": spec, "architecture": ref_arch}, ref_arch,
+                              attacker, lambda ref_arch=ref_arch, index=int(index):
+                              _trained(ref_arch, attacker, attacker.train, attacker.val, config.epochs, 201 + index))
+            name = f"reference {ref_arch} (seed {201 + int(index)})"
+        acc = accuracy(model, data.test)
+        counts = kind == "reference" or acc >= source_acc - config.max_accuracy_drop
+        cae = {method: cae_accuracy(LocalSuspect(model), fp) for method, fp in fingerprints.items()}
+        suspects.append(SuspectResult(name, kind, acc, counts, cae, time.perf_counter() - t0))
+        models[name] = model
+        log(f"{name}: accuracy {100 * acc:.2f}%, " + ", ".join(f"{m} CAEAcc {100 * v:.0f}%" for m, v in cae.items()))
+
+    auc = {method: _auc(suspects, method) for method in fingerprints}
+    comparison = _compare_conferrability(config, source, candidates, surrogates, references, suspects, models, progress)
+    return OwnershipReport(config, source_acc, {m: {"n": len(fp), **fp.meta} for m, fp in fingerprints.items()},
+                           suspects, auc, comparison, time.perf_counter() - started)
+
+
+def _cached_fingerprint(root: Path, recipe: dict[str, Any], build: Callable[[], Fingerprint]) -> Fingerprint:
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    directory = root / key
+    if directory.is_dir():
+        return Fingerprint.load(directory)
+    fingerprint = build()
+    fingerprint.save(directory)
+    return fingerprint
+
+
+def _auc(suspects: list[SuspectResult], method: str) -> float:
+    """ROC AUC of CAEAcc for counted surrogates (positive) against references (negative)."""
+    counted = [s for s in suspects if s.counts]
+    labels = [s.kind == "surrogate" for s in counted]
+    if all(labels) or not any(labels):
+        return float("nan")
+    return float(roc_auc_score(labels, [s.cae_acc[method] for s in counted]))
+
+
+def auc_against_references(suspect: SuspectResult, suspects: list[SuspectResult], method: str) -> float:
+    """AUC of one surrogate against all references: the share of references with lower CAEAcc (ties count half)."""
+    refs = np.array([s.cae_acc[method] for s in suspects if s.kind == "reference"])
+    value = suspect.cae_acc[method]
+    return float(((refs < value).sum() + 0.5 * (refs == value).sum()) / max(len(refs), 1))
+
+
+def _compare_conferrability(
+    config: OwnershipConfig, source: Classifier, candidates: Split, local_surrogates: list[Classifier],
+    local_references: list[Classifier], suspects: list[SuspectResult], models: dict[str, Classifier], progress: bool,
+) -> list[dict[str, Any]]:
+    """Mean conferrability on the unseen (counted) surrogates and references of successful examples per attack/eps."""
+    from neuroprint.attacks import make_attack
+    from neuroprint.ownership.cem import run_cem
+
+    if not config.compare_eps:
+        return []
+    unseen_s = [models[s.name] for s in suspects if s.kind == "surrogate" and s.counts]
+    unseen_r = [models[s.name] for s in suspects if s.kind == "reference"]
+    if not unseen_s:
+        raise InputError("no unseen surrogate kept its accuracy, so conferrability cannot be compared")
+    pool = candidates.subset(torch.arange(min(config.n_compare, len(candidates))))
+    correct = source.predict(pool.x) == pool.y
+    x, y = pool.x[correct], pool.y[correct]
+    rows = []
+    for eps in config.compare_eps:
+        runs = {
+            "cem": lambda eps=eps: run_cem(source, local_surrogates, local_references, x,
+                                       CEMConfig(**{**asdict(config.cem), "eps": eps}), progress),
+            "fgsm": lambda eps=eps: make_attack(f"fgsm:eps={eps}")(source, x, y).x_adv,
+            "pgd": lambda eps=eps: make_attack(f"pgd:eps={eps},alpha={eps / 10},steps=40")(source, x, y).x_adv,
+            "cw": lambda eps=eps: _linf_projected(make_attack("cw")(source, x, y).x_adv, x, eps),
+        }
+        for attack, run in runs.items():
+            x_adv = run()
+            target = source.predict(x_adv)
+            ok = target != y
+            score = conferrability(predictions(unseen_s, x_adv[ok]), predictions(unseen_r, x_adv[ok]), target[ok]) \
+                if bool(ok.any()) else torch.zeros(0)
+            rows.append({"eps": eps, "attack": attack, "success_rate": float(ok.float().mean()), "n": int(ok.sum()),
+                         "conferrability": float(score.mean()) if len(score) else float("nan")})
+    return rows
+
+
+def _linf_projected(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """CW-L2 is unbounded in L-inf: clip its output to the eps ball, as for the other attacks."""
+    return x + (x_adv - x).clamp(-eps, eps)

@@ -1,0 +1,207 @@
+"""Fingerprint removal attacks (Lukas et al. 2021, arXiv 1912.00888, section 5 and appendix A.5): the ways an
+attacker derives a surrogate of a source model and tries to shed its fingerprint while keeping its accuracy.
+
+Every attack gets the source model and the attacker's own data (images disjoint from the defender's; the true
+labels are used only by `ground-truth`), queries the source for top-1 labels only, and returns a new `Classifier`:
+
+- `ftll` / `ftal` / `rtll` / `rtal` (Uchida et al. 2017): fine-tune the last layer / all layers; the RT variants
+  first re-initialise the last layer.
+- `prune`: gradual magnitude pruning (Zhu and Gupta 2017) of every conv/linear weight to `rate`, with fine-tuning
+  after each of `rounds` steps (cubic sparsity schedule).
+- `retrain`: extraction, training `architecture` from scratch on the source's labels of the attacker's data.
+- `adv-train`: the same with PGD adversarial training (Madry et al. 2018) at `eps`.
+- `ground-truth`: the same with the true label on a share `share` of the attacker's data.
+
+Build one with `make_removal("prune:rate=0.8")` and run it with `.run(source, attacker_data)`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from neuroprint.checks import check_eps, check_float, check_int
+from neuroprint.data.base import DataSplits, Split
+from neuroprint.errors import ConfigError
+from neuroprint.models.checkpoint import build_classifier
+from neuroprint.models.classifier import Classifier
+from neuroprint.models.training import Perturb, TrainConfig, train
+from neuroprint.registry import ATTACKS, MODELS, Registry
+from neuroprint.specs import parse_spec
+
+REMOVALS: Registry[Any] = Registry("removal attack")
+
+
+@dataclass
+class Removal:
+    """A configured removal attack: `name`, its `params`, and the function that derives the surrogate."""
+
+    name: str
+    params: dict[str, Any]
+    derive: Callable[[Classifier, DataSplits], Classifier] = field(repr=False)
+    architecture: str | None = None  # the architecture it trains from scratch (None: it modifies the source)
+
+    @property
+    def label(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self.params.items() if k not in ("epochs", "lr", "seed"))
+        return f"{self.name} ({shown})" if shown else self.name
+
+    def run(self, source: Classifier, attacker: DataSplits) -> Classifier:
+        """The surrogate derived from `source` with the attacker's data (`attacker.train`; `attacker.val` for the
+        per-epoch accuracy it watches)."""
+        return self.derive(source, attacker)
+
+
+def make_removal(spec: str) -> Removal:
+    """A removal attack from `"name"` or `"name:key=value,..."`, e.g. `"retrain:architecture=mnist-net"`."""
+    name, kwargs = parse_spec(spec)
+    return REMOVALS.create(name, **kwargs)
+
+
+def source_labels(source: Classifier, split: Split) -> Split:
+    """`split`'s images labelled by the source model's top-1 prediction (all an API gives the attacker)."""
+    return Split(split.x, source.predict(split.x))
+
+
+def _config(epochs: int, lr: float, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=check_int("epochs", epochs), lr=check_float("lr", lr, 0.0, 1.0),
+                       lr_drop_epoch=max(1, epochs - 1), seed=check_int("seed", seed, minimum=0))
+
+
+def _copy(source: Classifier) -> Classifier:
+    """A deep copy of the source model (removal attacks never modify the defender's object)."""
+    import copy
+
+    return copy.deepcopy(source)
+
+
+def _last_linear(module: nn.Module) -> nn.Linear:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def _fine_tune(mode: str, epochs: int, lr: float, seed: int) -> Removal:
+    config = _config(epochs, lr, seed)
+
+    def derive(source: Classifier, attacker: DataSplits) -> Classifier:
+        model = _copy(source)
+        last = _last_linear(model.module)
+        if mode.startswith("rt"):
+            torch.manual_seed(seed)
+            last.reset_parameters()
+        if mode.endswith("ll"):
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in last.parameters():
+                p.requires_grad_(True)
+        train(model, source_labels(source, attacker.train), source_labels(source, attacker.val), config, progress=False)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    return Removal(mode, {"epochs": epochs, "lr": lr, "seed": seed}, derive)
+
+
+@REMOVALS.register("ftll")
+def ftll(epochs: int = 2, lr: float = 1e-3, seed: int = 0) -> Removal:
+    """Fine-tune the last layer only."""
+    return _fine_tune("ftll", epochs, lr, seed)
+
+
+@REMOVALS.register("ftal")
+def ftal(epochs: int = 2, lr: float = 1e-4, seed: int = 0) -> Removal:
+    """Fine-tune all layers."""
+    return _fine_tune("ftal", epochs, lr, seed)
+
+
+@REMOVALS.register("rtll")
+def rtll(epochs: int = 2, lr: float = 1e-3, seed: int = 0) -> Removal:
+    """Re-initialise the last layer, then train it alone."""
+    return _fine_tune("rtll", epochs, lr, seed)
+
+
+@REMOVALS.register("rtal")
+def rtal(epochs: int = 2, lr: float = 1e-4, seed: int = 0) -> Removal:
+    """Re-initialise the last layer, then train all layers."""
+    return _fine_tune("rtal", epochs, lr, seed)
+
+
+@REMOVALS.register("prune")
+def prune(rate: float = 0.8, rounds: int = 3, epochs: int = 1, lr: float = 1e-4, seed: int = 0) -> Removal:
+    """Gradual magnitude pruning to sparsity `rate` in (0, 1) over `rounds` steps, `epochs` of fine-tuning each."""
+    rate = check_float("rate", rate, 0.0, 1.0)
+    if rate >= 1:
+        raise ConfigError(f"rate must be < 1 (the share of weights removed), got {rate}")
+    rounds = check_int("rounds", rounds)
+    config = _config(epochs, lr, seed)
+
+    def derive(source: Classifier, attacker: DataSplits) -> Classifier:
+        model = _copy(source)
+        layers = [m for m in model.module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        train_split, val_split = source_labels(source, attacker.train), source_labels(source, attacker.val)
+        reached = 0.0
+        for step in range(1, rounds + 1):
+            target = rate * (1 - (1 - step / rounds) ** 3)  # Zhu and Gupta's cubic schedule
+            for layer in layers:  # the amount is relative to the weights still unpruned
+                torch_prune.l1_unstructured(layer, "weight", amount=(target - reached) / (1 - reached))
+            reached = target
+            train(model, train_split, val_split, config, progress=False)
+        for layer in layers:
+            torch_prune.remove(layer, "weight")
+        return model
+
+    return Removal("prune", {"rate": rate, "rounds": rounds, "epochs": epochs, "lr": lr, "seed": seed}, derive)
+
+
+def _from_scratch(
+    name: str, params: dict[str, Any], architecture: str, epochs: int, lr: float, seed: int,
+    labels: Callable[[Classifier, Split], Split], perturb: Perturb | None = None,
+) -> Removal:
+    MODELS.get(architecture)  # unknown names fail now, not after the first models trained
+    config = _config(epochs, lr, seed)
+
+    def derive(source: Classifier, attacker: DataSplits) -> Classifier:
+        model = build_classifier(architecture, attacker, seed)
+        train(model, labels(source, attacker.train), source_labels(source, attacker.val), config, progress=False,
+              perturb=perturb)
+        return model
+
+    return Removal(name, {"architecture": architecture, **params, "epochs": epochs, "lr": lr, "seed": seed}, derive,
+                   architecture)
+
+
+@REMOVALS.register("retrain")
+def retrain(architecture: str = "lenet5", epochs: int = 4, lr: float = 1e-3, seed: int = 0) -> Removal:
+    """Extraction: train `architecture` from scratch on the source's top-1 labels of the attacker's data."""
+    return _from_scratch("retrain", {}, architecture, epochs, lr, seed, source_labels)
+
+
+@REMOVALS.register("adv-train")
+def adv_train(architecture: str = "lenet5", eps: float = 0.3, alpha: float = 0.05, steps: int = 10,
+              epochs: int = 4, lr: float = 1e-3, seed: int = 0) -> Removal:
+    """Extraction with PGD adversarial training (L-inf `eps`, `steps` steps of `alpha`, random start)."""
+    attack = ATTACKS.create("pgd", eps=check_eps(eps), alpha=alpha, steps=steps, random_state=None)
+
+    def perturb(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return attack(model, x, y, batch_size=len(x)).x_adv.to(x.device)
+
+    return _from_scratch("adv-train", {"eps": eps, "alpha": alpha, "steps": steps}, architecture, epochs, lr, seed,
+                         source_labels, perturb)
+
+
+@REMOVALS.register("ground-truth")
+def ground_truth(share: float = 0.5, architecture: str = "lenet5", epochs: int = 4, lr: float = 1e-3,
+                 seed: int = 0) -> Removal:
+    """Extraction where a random share `share` in [0, 1] of the attacker's data carries its true label."""
+    share = check_float("share", share, 0.0, 1.0, low_open=False)
+
+    def labels(source: Classifier, split: Split) -> Split:
+        mixed = source_labels(source, split).y.clone()
+        known = torch.rand(len(split), generator=torch.Generator().manual_seed(seed)) < share
+        mixed[known] = split.y[known]
+        return Split(split.x, mixed)
+
+    return _from_scratch("ground-truth", {"share": share}, architecture, epochs, lr, seed, labels)

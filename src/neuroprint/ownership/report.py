@@ -1,0 +1,84 @@
+"""Tables, ROC plot and JSON of an ownership experiment (`OwnershipReport`), written atomically."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from sklearn.metrics import roc_curve
+
+from neuroprint.io import atomic_path, write_json
+from neuroprint.ownership.experiment import OwnershipReport, auc_against_references
+
+METHOD_NAMES = {"cem": "CEM (conferrable)", "ipguard": "IPGuard"}
+
+
+def markdown_table(report: OwnershipReport) -> str:
+    """One row per unseen suspect: test accuracy, whether it counts, CAEAcc per fingerprint and its AUC against all
+    references; then the overall AUCs and the conferrability comparison (when run)."""
+    methods = list(report.auc)
+    cfg = report.config
+    lines = [
+        f"Ownership on {cfg.dataset}: source {cfg.architecture} at {100 * report.source_accuracy:.2f}% test accuracy; "
+        f"CEM eps {cfg.cem.eps}, tau {cfg.tau}; fingerprints: "
+        + ", ".join(f"{m} {report.fingerprints[m]['n']} inputs" for m in methods),
+        "",
+        "| suspect | kind | test acc (%) | counts | " + " | ".join(f"{METHOD_NAMES.get(m, m)} CAEAcc (%) / AUC"
+                                                          for m in methods) + " |",
+        "|---|---|---|---|" + "---|" * len(methods),
+    ]
+    for s in report.suspects:
+        cells = []
+        for m in methods:
+            auc = f" / {auc_against_references(s, report.suspects, m):.2f}" if s.kind == "surrogate" else ""
+            cells.append(f"{100 * s.cae_acc[m]:.0f}{auc}")
+        lines.append(f"| {s.name} | {s.kind} | {100 * s.test_accuracy:.2f} | {'yes' if s.counts else 'no (accuracy lost)'}"
+                     f" | " + " | ".join(cells) + " |")
+    lines += ["", "ROC AUC of CAEAcc, counted surrogates vs references: "
+              + ", ".join(f"{METHOD_NAMES.get(m, m)} {_fmt(v)}" for m, v in report.auc.items())]
+    if report.conferrability:
+        lines += ["", "Mean conferrability on the unseen models of successful examples (success rate in brackets):", "",
+                  "| eps | " + " | ".join(dict.fromkeys(r["attack"] for r in report.conferrability)) + " |",
+                  "|---|" + "---|" * len(dict.fromkeys(r["attack"] for r in report.conferrability))]
+        for eps in dict.fromkeys(r["eps"] for r in report.conferrability):
+            row = [r for r in report.conferrability if r["eps"] == eps]
+            lines.append(f"| {eps} | " + " | ".join(f"{_fmt(r['conferrability'])} ({100 * r['success_rate']:.0f}%)"
+                                                     for r in row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def roc_plot(report: OwnershipReport, path: str | Path) -> None:
+    """ROC curves of CAEAcc (counted surrogates positive, references negative), one per fingerprint method."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    counted = [s for s in report.suspects if s.counts]
+    labels = [s.kind == "surrogate" for s in counted]
+    for method, auc in report.auc.items():
+        if math.isnan(auc):
+            continue
+        fpr, tpr, _ = roc_curve(labels, [s.cae_acc[method] for s in counted])
+        ax.plot(fpr, tpr, label=f"{METHOD_NAMES.get(method, method)} (AUC {auc:.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+    ax.set(title="surrogate vs reference", xlabel="false positive rate", ylabel="true positive rate")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(report: OwnershipReport, out_dir: str | Path) -> dict[str, Path]:
+    """Write `results.md`, `results.json` and `roc.png` into `out_dir`; returns their paths."""
+    out = Path(out_dir)
+    paths = {"markdown": out / "results.md", "json": out / "results.json", "roc": out / "roc.png"}
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text(markdown_table(report) + "\n")
+    write_json(paths["json"], report.to_json())
+    roc_plot(report, paths["roc"])
+    return paths
