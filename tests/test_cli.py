@@ -122,3 +122,36 @@ def test_train_rejects_bad_fingerprint_options(
     code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "-o", str(tmp_path / "m"), *options)
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_ownership_generate_and_verify(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                       tmp_path: Path) -> None:
+    ckpt, fp = tmp_path / "source", tmp_path / "fp"
+    code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "--epochs", "20",
+                       "--lr-drop-epoch", "15", "-o", str(ckpt))
+    assert code == 0, err
+    code, out, err = run(monkeypatch, capsys, "ownership", "generate", "-s", str(ckpt), "-o", str(fp), "-d", "digits",
+                         "--method", "ipguard", "--steps", "60", "--size", "10", "--n-candidates", "40", "--k", "0.2")
+    assert code == 0, err
+    assert "ipguard fingerprint of" in out
+    code, out, err = run(monkeypatch, capsys, "ownership", "verify", "-f", str(fp), "--suspect", str(ckpt))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["cae_acc"] == 1.0 and result["is_surrogate"] is True and "SURROGATE" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ownership", "verify", "-f", "/nonexistent/fp", "--suspect", "/nonexistent/m"], "fingerprint directory"),
+        (["ownership", "verify", "-f", "/nonexistent/fp"], "give exactly one suspect"),
+        (["ownership", "verify", "-f", "/x", "--suspect", "/y", "--url", "http://localhost:1"], "exactly one suspect"),
+        (["ownership", "generate", "-s", "/nonexistent/m", "-o", "/tmp/fp", "--method", "nope"], "unknown --method"),
+        (["ownership", "evaluate", "--removal", "bogus"], "unknown removal attack 'bogus'; valid: "),
+        (["ownership", "evaluate", "--weights", "odd"], "unknown --weights 'odd'; valid: paper, sensitivity"),
+    ],
+)
+def test_ownership_bad_input_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                args: list[str], message: str) -> None:
+    code, _, err = run(monkeypatch, capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1

@@ -29,9 +29,19 @@ from neuroprint.ownership import (
     transfer,
     verify,
 )
+from neuroprint.ownership.experiment import (
+    ATTACKER_SEED,
+    OwnershipConfig,
+    SuspectResult,
+    attacker_removal,
+    auc_against_references,
+    run_ownership,
+    split_owner_data,
+)
 from neuroprint.ownership.fingerprint import select_balanced
 from neuroprint.ownership.ipguard import ipguard_loss
 from neuroprint.ownership.removal import source_labels
+from neuroprint.ownership.report import markdown_table, write_outputs
 
 
 def _small(digits: DataSplits, seed: int, labels_from: Classifier | None = None) -> Classifier:
@@ -251,3 +261,49 @@ def test_bad_removal_specs_name_the_choices() -> None:
         make_removal("prune:rate=1.0")
     with pytest.raises(ConfigError, match="unknown model"):
         make_removal("retrain:architecture=nope")
+
+
+def test_owner_data_halves_are_disjoint(digits: DataSplits) -> None:
+    defender, attacker = split_owner_data(digits, seed=0)
+    rows = {tuple(r) for r in defender.train.x.flatten(1).tolist()}
+    overlap = sum(tuple(r) in rows for r in torch.cat([attacker.train.x, attacker.val.x]).flatten(1).tolist())
+    assert overlap <= 2  # digits holds a few duplicate images; the index halves are disjoint
+    assert len(defender.train) + len(attacker.train) + len(attacker.val) == len(digits.train)
+    assert defender.val is digits.val and attacker.test is digits.test
+
+
+def test_the_experiment_runs_end_to_end_and_is_cached(tmp_path) -> None:
+    config = OwnershipConfig(
+        dataset="digits", architecture="small-cnn", epochs=25, n_surrogates=2, n_references=2, size=20,
+        n_candidates=60, tau=0.0, cem=CEMConfig.sensitivity_weights(eps=0.3, steps=20, lr=0.05),
+        ipguard=IPGuardConfig(k=0.2, steps=60, lr=0.05),
+        removals=["ftal:epochs=2,lr=0.001", "retrain:architecture=small-cnn,epochs=25,lr=0.003"],
+        reference_architectures=["small-cnn", "small-cnn"], max_accuracy_drop=0.5, cache_dir=tmp_path / "cache",
+    )
+    logs: list[str] = []
+    report = run_ownership(config, progress=False, log=logs.append)
+    assert [s.kind for s in report.suspects] == ["surrogate", "surrogate", "reference", "reference"]
+    assert set(report.auc) == {"cem", "ipguard"} and all(0 <= v <= 1 for v in report.auc.values())
+    assert report.suspects[0].cae_acc["cem"] >= report.suspects[-1].cae_acc["cem"]  # fine-tuned copy keeps more
+    table = markdown_table(report)
+    assert "ftal" in table and "ROC AUC" in table
+    paths = write_outputs(report, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["provenance"]["git"]
+    logs.clear()
+    again = run_ownership(config, progress=False, log=logs.append)
+    assert not any(line.startswith("trained") for line in logs)  # every model came from the cache
+    assert [s.cae_acc for s in again.suspects] == [s.cae_acc for s in report.suspects]
+
+
+def test_auc_against_references_counts_ties_half() -> None:
+    def suspect(kind: str, value: float) -> SuspectResult:
+        return SuspectResult("m", kind, 0.9, True, {"cem": value}, 0.0)
+
+    suspects = [suspect("reference", 0.2), suspect("reference", 0.5), suspect("reference", 0.9)]
+    assert auc_against_references(suspect("surrogate", 0.5), suspects, "cem") == pytest.approx(0.5)
+    assert auc_against_references(suspect("surrogate", 1.0), suspects, "cem") == 1.0
+
+
+def test_attackers_never_reuse_the_source_seed() -> None:
+    assert attacker_removal("retrain", 2).params["seed"] == ATTACKER_SEED + 2
+    assert attacker_removal("retrain:seed=5", 2).params["seed"] == 5

@@ -43,19 +43,21 @@ from neuroprint.ownership.conferrability import conferrability, predictions
 from neuroprint.ownership.fingerprint import Fingerprint
 from neuroprint.ownership.generate import generate_cem_fingerprint
 from neuroprint.ownership.ipguard import IPGuardConfig, generate_ipguard_fingerprint
-from neuroprint.ownership.removal import make_removal, source_labels
+from neuroprint.ownership.removal import REMOVALS, Removal, make_removal, source_labels
 from neuroprint.ownership.verify import LocalSuspect, cae_accuracy
 from neuroprint.registry import MODELS
+from neuroprint.specs import parse_spec
 
 Log = Callable[[str], None]
 
 DEFAULT_REMOVALS = (
     "ftll", "ftal", "rtll", "rtal", "prune:rate=0.7", "prune:rate=0.8", "prune:rate=0.9",
-    "retrain:architecture=lenet5", "retrain:architecture=small-cnn", "retrain:architecture=mnist-net",
-    "adv-train", "ground-truth:share=0.5", "ground-truth:share=0.6", "ground-truth:share=0.7",
-    "ground-truth:share=0.8",
+    "retrain:architecture=lenet5", "retrain:architecture=mnist-net", "adv-train:eps=0.2,alpha=0.04",
+    "adv-train:eps=0.3,epochs=8", "ground-truth:share=0.5",
+    "ground-truth:share=0.6", "ground-truth:share=0.7", "ground-truth:share=0.8",
 )
-DEFAULT_REFERENCES = ("lenet5", "lenet5", "lenet5", "small-cnn", "mnist-net")
+DEFAULT_REFERENCES = ("lenet5",) * 8 + ("mnist-net",) * 2
+ATTACKER_SEED = 301  # removal attacks use seeds 301, 302, ...: never the source's or the local models' seeds
 
 
 @dataclass
@@ -126,18 +128,20 @@ class OwnershipReport:
         return out
 
 
-def split_owner_data(data: DataSplits, seed: int, attacker_val: int = 2000) -> tuple[DataSplits, DataSplits]:
+def split_owner_data(data: DataSplits, seed: int, attacker_val: float = 0.08) -> tuple[DataSplits, DataSplits]:
     """Cut `data.train` into the defender's and the attacker's disjoint halves (seeded). The defender keeps
-    `data.val` (fingerprint candidates); the attacker holds out `attacker_val` of its half; both share `data.test`."""
+    `data.val` (fingerprint candidates); the attacker holds out a share `attacker_val` of its half for validation;
+    both share `data.test`."""
     n = len(data.train)
-    if n < 2 * attacker_val + 2:
-        raise InputError(f"the {data.name} training split has {n} images; the ownership experiment needs > {2 * attacker_val + 2}")
+    n_val = max(1, round(attacker_val * n / 2))
+    if n // 2 - n_val < 2:
+        raise InputError(f"the {data.name} training split has {n} images, too few to halve for the ownership experiment")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     half = n // 2
     defender = DataSplits(data.name, data.train.subset(perm[:half]), data.val, data.test, data.num_classes)
     attacker_part = perm[half:]
-    attacker = DataSplits(data.name, data.train.subset(attacker_part[:-attacker_val]),
-                          data.train.subset(attacker_part[-attacker_val:]), data.test, data.num_classes)
+    attacker = DataSplits(data.name, data.train.subset(attacker_part[:-n_val]),
+                          data.train.subset(attacker_part[-n_val:]), data.test, data.num_classes)
     return defender, attacker
 
 
@@ -236,8 +240,9 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
     for kind, spec in tqdm(jobs, desc="suspects", unit="model", disable=not progress):
         t0 = time.perf_counter()
         if kind == "surrogate":
-            removal = make_removal(spec)
-            model = cache.get({**source_recipe, **attacker_base, "role": "surrogate", "name": spec}, removal.architecture or arch,
+            removal = attacker_removal(spec, len(suspects))
+            model = cache.get({**source_recipe, **attacker_base, "role": "surrogate", "name": spec,
+                               "params": removal.params}, removal.architecture or arch,
                               attacker, lambda removal=removal: removal.run(source, attacker))
             name = removal.label
         else:
@@ -257,6 +262,15 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
     comparison = _compare_conferrability(config, source, candidates, surrogates, references, suspects, models, progress)
     return OwnershipReport(config, source_acc, {m: {"n": len(fp), **fp.meta} for m, fp in fingerprints.items()},
                            suspects, auc, comparison, time.perf_counter() - started)
+
+
+def attacker_removal(spec: str, index: int) -> Removal:
+    """The removal attack of `spec`, seeded with `ATTACKER_SEED + index` unless the spec sets a seed: an attacker
+    who retrains from the source's own initialisation seed would share its initial weights, which no real attacker
+    knows (and which makes retrained surrogates look far more like the source than they are)."""
+    name, params = parse_spec(spec)
+    params.setdefault("seed", ATTACKER_SEED + index)
+    return REMOVALS.create(name, **params)
 
 
 def _cached_fingerprint(root: Path, recipe: dict[str, Any], build: Callable[[], Fingerprint]) -> Fingerprint:

@@ -12,7 +12,9 @@ labels are used only by `ground-truth`), queries the source for top-1 labels onl
 - `adv-train`: the same with PGD adversarial training (Madry et al. 2018) at `eps`.
 - `ground-truth`: the same with the true label on a share `share` of the attacker's data.
 
-Build one with `make_removal("prune:rate=0.8")` and run it with `.run(source, attacker_data)`.
+Build one with `make_removal("prune:rate=0.8")` and run it with `.run(source, attacker_data)`. `seed` is the
+attacker's (data order, re-initialisation): give one the source was not trained with, or a model retrained
+from scratch starts from the source's own initial weights.
 """
 from __future__ import annotations
 
@@ -124,13 +126,13 @@ def rtll(epochs: int = 2, lr: float = 1e-3, seed: int = 0) -> Removal:
 
 
 @REMOVALS.register("rtal")
-def rtal(epochs: int = 2, lr: float = 1e-4, seed: int = 0) -> Removal:
+def rtal(epochs: int = 2, lr: float = 1e-3, seed: int = 0) -> Removal:
     """Re-initialise the last layer, then train all layers."""
     return _fine_tune("rtal", epochs, lr, seed)
 
 
 @REMOVALS.register("prune")
-def prune(rate: float = 0.8, rounds: int = 3, epochs: int = 1, lr: float = 1e-4, seed: int = 0) -> Removal:
+def prune(rate: float = 0.8, rounds: int = 3, epochs: int = 1, lr: float = 1e-3, seed: int = 0) -> Removal:
     """Gradual magnitude pruning to sparsity `rate` in (0, 1) over `rounds` steps, `epochs` of fine-tuning each."""
     rate = check_float("rate", rate, 0.0, 1.0)
     if rate >= 1:
