@@ -279,14 +279,19 @@ def test_the_experiment_runs_end_to_end_and_is_cached(tmp_path) -> None:
         ipguard=IPGuardConfig(k=0.2, steps=60, lr=0.05),
         removals=["ftal:epochs=2,lr=0.001", "retrain:architecture=small-cnn,epochs=25,lr=0.003"],
         reference_architectures=["small-cnn", "small-cnn"], max_accuracy_drop=0.5, cache_dir=tmp_path / "cache",
+        compare_eps=[0.3], n_compare=30,
     )
     logs: list[str] = []
     report = run_ownership(config, progress=False, log=logs.append)
     assert [s.kind for s in report.suspects] == ["surrogate", "surrogate", "reference", "reference"]
     assert set(report.auc) == {"cem", "ipguard"} and all(0 <= v <= 1 for v in report.auc.values())
     assert report.suspects[0].cae_acc["cem"] >= report.suspects[-1].cae_acc["cem"]  # fine-tuned copy keeps more
+    assert [(r["attack"], r["eps"]) for r in report.conferrability] == [("cem", 0.3), ("fgsm", 0.3), ("pgd", 0.3),
+                                                                         ("cw", 0.3)]
+    assert all(r["surrogates"] == 1 and r["references"] == 2 for r in report.conferrability)
+    assert all(0 <= r["conferrability"] <= 1 for r in report.conferrability if r["n"])
     table = markdown_table(report)
-    assert "ftal" in table and "ROC AUC" in table
+    assert "ftal" in table and "ROC AUC" in table and "Verdicts at rho" in table
     paths = write_outputs(report, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["provenance"]["git"]
     logs.clear()
@@ -297,7 +302,7 @@ def test_the_experiment_runs_end_to_end_and_is_cached(tmp_path) -> None:
 
 def test_auc_against_references_counts_ties_half() -> None:
     def suspect(kind: str, value: float) -> SuspectResult:
-        return SuspectResult("m", kind, 0.9, True, {"cem": value}, 0.0)
+        return SuspectResult("m", kind, "", 0.9, True, {"cem": value}, 0.0)
 
     suspects = [suspect("reference", 0.2), suspect("reference", 0.5), suspect("reference", 0.9)]
     assert auc_against_references(suspect("surrogate", 0.5), suspects, "cem") == pytest.approx(0.5)
@@ -306,4 +311,14 @@ def test_auc_against_references_counts_ties_half() -> None:
 
 def test_attackers_never_reuse_the_source_seed() -> None:
     assert attacker_removal("retrain", 2).params["seed"] == ATTACKER_SEED + 2
+    assert attacker_removal("retrain", 2, seed_base=1000).params["seed"] == 1000 + ATTACKER_SEED + 2
     assert attacker_removal("retrain:seed=5", 2).params["seed"] == 5
+
+
+def test_experiment_config_rejects_what_would_fail_late() -> None:
+    with pytest.raises(ConfigError, match="compare_eps"):
+        OwnershipConfig(compare_eps=[0.1], removals=["ftal"])
+    with pytest.raises(ConfigError, match="compare_eps must be in"):
+        OwnershipConfig(compare_eps=[1.5])
+    with pytest.raises(ConfigError, match="unknown model"):
+        OwnershipConfig(reference_architectures=["nope"])

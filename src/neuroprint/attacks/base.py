@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.models.classifier import Classifier
+from neuroprint.models.classifier import Classifier, input_gradients_only
 from neuroprint.registry import ATTACKS
 
 A = TypeVar("A", bound="Attack")
@@ -96,13 +96,10 @@ class Attack(ABC):
         x = x.detach().cpu()
         device = classifier.device
         was_training = classifier.training
-        trainable = [p for p in classifier.parameters() if p.requires_grad]
         classifier.eval()
         chunks = []
         try:
-            for p in trainable:  # input gradients only: faster, and no .grad left on the caller's model
-                p.requires_grad_(False)
-            with _seeded(self.params.get("random_state"), device), torch.enable_grad():
+            with input_gradients_only(classifier), _seeded(self.params.get("random_state"), device), torch.enable_grad():
                 starts = range(0, len(x), batch_size)
                 for start in tqdm(starts, desc=self.name, unit="batch", disable=not progress):
                     xb = x[start : start + batch_size].to(device).clone()
@@ -114,8 +111,6 @@ class Attack(ABC):
             clean_pred = classifier.predict(x, batch_size)
         finally:
             classifier.train(was_training)
-            for p in trainable:
-                p.requires_grad_(True)
         delta = (x_adv - x).flatten(1)
         return AttackResult(
             x_adv=x_adv,

@@ -1,7 +1,8 @@
 """`Classifier`: a trained network seen through pixel-space inputs, with normalisation inside and named layers."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -104,6 +105,20 @@ class Classifier(nn.Module):
             for h in hooks:
                 h.remove()
         return logits, {n: captured[n] for n in wanted}
+
+
+@contextmanager
+def input_gradients_only(*models: nn.Module) -> Iterator[None]:
+    """Turn off parameter gradients of `models` for the block (attacks need only input gradients: faster, and
+    no `.grad` is left on the caller's models); the parameters that required gradients do so again afterwards."""
+    trainable = [p for m in models for p in m.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def check_images(x: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0), name: str = "x") -> None:

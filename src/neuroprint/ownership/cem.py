@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.errors import ConfigError
-from neuroprint.models.classifier import Classifier, check_images
+from neuroprint.models.classifier import Classifier, check_images, input_gradients_only
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,10 @@ def run_cem(
     for m in models:
         m.eval()
     try:
-        for start in batches:
-            out.append(_cem_batch(source, surrogates, references, x[start : start + config.batch_size], config,
-                                  generator, bar))
+        with input_gradients_only(*models):
+            for start in batches:
+                out.append(_cem_batch(source, surrogates, references, x[start : start + config.batch_size], config,
+                                      generator, bar))
     finally:
         bar.close()
     return torch.cat(out)

@@ -4,11 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from neuroprint.errors import ConfigError
+
+if TYPE_CHECKING:
+    from neuroprint.ownership.cem import CEMConfig
 
 ownership_app = typer.Typer(no_args_is_help=True, help="Prove that a suspect model was stolen from yours "
                             "(conferrable adversarial examples, Lukas et al. 2021; IPGuard baseline).")
@@ -25,7 +28,7 @@ Seed = Annotated[int, typer.Option(help="random seed (data split, model seeds, C
 CacheDir = Annotated[Path, typer.Option(help="cache of trained models and fingerprints")]
 
 
-def _cem_config(eps: float, steps: int, weights: str, beta: float | None, seed: int):  # type: ignore[no-untyped-def]
+def _cem_config(eps: float, steps: int, weights: str, beta: float | None, seed: int) -> CEMConfig:
     from neuroprint.ownership.cem import CEMConfig
 
     if weights not in ("paper", "sensitivity"):
@@ -74,6 +77,9 @@ def generate(
     if method not in ("cem", "ipguard"):
         raise ConfigError(f"unknown --method {method!r}; valid: cem, ipguard")
     model, meta = load_checkpoint(source)
+    if meta.get("dataset") not in (None, dataset):
+        raise ConfigError(f"the source model was trained on {meta['dataset']!r}, not {dataset!r}; pass --dataset "
+                          f"{meta['dataset']}")
     data = load_dataset(dataset)
     val = data.val.subset(torch.arange(min(n_candidates, len(data.val))))
     if method == "ipguard":
@@ -127,12 +133,14 @@ def evaluate(
     architecture: Annotated[str, typer.Option(help="source and local model architecture")] = "lenet5",
     removal: Annotated[list[str] | None, typer.Option(help="removal attack spec (repeatable; default: all)")] = None,
     reference_arch: Annotated[list[str] | None, typer.Option(help="unseen reference architecture (repeatable)")] = None,
+    n_local: Annotated[int, typer.Option(help="local surrogates and references CEM optimises over")] = 3,
     epochs: Epochs = 4,
     eps: Eps = 0.25,
     steps: Steps = 300,
     weights: Weights = "sensitivity",
     beta: Beta = None,
     tau: Tau = 0.9,
+    rho: Annotated[float, typer.Option(help="CAEAcc threshold for the verdict counts in the table")] = 0.75,
     size: Size = 100,
     n_candidates: Candidates = 500,
     compare_eps: Annotated[list[float] | None, typer.Option(help="also compare CEM with FGSM/PGD/CW at this eps "
@@ -152,10 +160,10 @@ def evaluate(
     from neuroprint.ownership.report import markdown_table, write_outputs
 
     config = OwnershipConfig(
-        dataset=dataset, architecture=architecture, epochs=epochs, size=size, n_candidates=n_candidates, tau=tau,
+        dataset=dataset, architecture=architecture, epochs=epochs, n_surrogates=n_local, n_references=n_local, size=size, n_candidates=n_candidates, tau=tau,
         cem=_cem_config(eps, steps, weights, beta, seed), ipguard=IPGuardConfig(steps=steps, seed=seed),
         removals=removal or list(DEFAULT_REMOVALS), reference_architectures=reference_arch or list(DEFAULT_REFERENCES),
-        compare_eps=compare_eps or [], seed=seed, cache_dir=cache_dir,
+        compare_eps=compare_eps or [], rho=rho, seed=seed, cache_dir=cache_dir,
     )
     report = run_ownership(config, log=lambda m: typer.echo(m, err=True))
     paths = write_outputs(report, out_dir)

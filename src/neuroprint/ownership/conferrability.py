@@ -40,4 +40,6 @@ def conferrability(surrogate_predictions: torch.Tensor, reference_predictions: t
 
 def predictions(models: Sequence[Classifier], x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Labels `[len(models), N]` that each model predicts for images `x` `[N, C, H, W]`."""
-    return torch.stack([model.predict(x, batch_size) for model in models]) if models else torch.empty(0, len(x))
+    if not models:
+        raise InputError("predictions need at least one model, got none")
+    return torch.stack([model.predict(x, batch_size) for model in models])

@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +25,21 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from neuroprint.checks import check_float, check_int
+from neuroprint.attacks import make_attack
+from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.data import load_dataset
 from neuroprint.data.base import DataSplits, Split
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.io import git_commit, versions
-from neuroprint.models.checkpoint import (
-    architecture_kwargs,
-    build_classifier,
-    load_checkpoint,
-    save_checkpoint,
-)
+from neuroprint.models.checkpoint import architecture_kwargs, load_checkpoint, save_checkpoint
 from neuroprint.models.classifier import Classifier
-from neuroprint.models.training import TrainConfig, accuracy, train
-from neuroprint.ownership.cem import CEMConfig
+from neuroprint.models.training import accuracy
+from neuroprint.ownership.cem import CEMConfig, run_cem
 from neuroprint.ownership.conferrability import conferrability, predictions
 from neuroprint.ownership.fingerprint import Fingerprint
 from neuroprint.ownership.generate import generate_cem_fingerprint
 from neuroprint.ownership.ipguard import IPGuardConfig, generate_ipguard_fingerprint
-from neuroprint.ownership.removal import REMOVALS, Removal, make_removal, source_labels
+from neuroprint.ownership.removal import REMOVALS, Removal, make_removal, source_labels, train_from_scratch
 from neuroprint.ownership.verify import LocalSuspect, cae_accuracy
 from neuroprint.registry import MODELS
 from neuroprint.specs import parse_spec
@@ -57,7 +53,10 @@ DEFAULT_REMOVALS = (
     "ground-truth:share=0.6", "ground-truth:share=0.7", "ground-truth:share=0.8",
 )
 DEFAULT_REFERENCES = ("lenet5",) * 8 + ("mnist-net",) * 2
-ATTACKER_SEED = 301  # removal attacks use seeds 301, 302, ...: never the source's or the local models' seeds
+# Model seeds are 1000 * config.seed + an offset per role, so no two models share initial weights or data order:
+# source +0, local surrogates +1.., local references +101.., unseen references +201.., removal attacks +301...
+LOCAL_SURROGATE_SEED, LOCAL_REFERENCE_SEED, REFERENCE_SEED, ATTACKER_SEED = 1, 101, 201, 301
+FROM_SCRATCH = ("retrain", "ground-truth")  # removals whose surrogates are trained from scratch on source labels
 
 
 @dataclass
@@ -72,11 +71,12 @@ class OwnershipConfig:
     size: int = 100  # fingerprint inputs
     n_candidates: int = 500  # validation images CEM and IPGuard start from
     tau: float = 0.9
-    cem: CEMConfig = field(default_factory=CEMConfig)
+    cem: CEMConfig = field(default_factory=CEMConfig.sensitivity_weights)  # paper weights: ~1% adversarial on MNIST
     ipguard: IPGuardConfig = field(default_factory=IPGuardConfig)
     removals: list[str] = field(default_factory=lambda: list(DEFAULT_REMOVALS))
     reference_architectures: list[str] = field(default_factory=lambda: list(DEFAULT_REFERENCES))
     max_accuracy_drop: float = 0.03
+    rho: float = 0.75  # verification threshold on CAEAcc reported in the table
     compare_eps: list[float] = field(default_factory=list)  # conferrability of CEM vs FGSM/PGD/CW at these eps
     n_compare: int = 300
     seed: int = 0
@@ -90,10 +90,19 @@ class OwnershipConfig:
             check_int(name, getattr(self, name))
         check_float("tau", self.tau, 0.0, 1.0, low_open=False)
         check_float("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0, low_open=False)
+        check_float("rho", self.rho, 0.0, 1.0, low_open=False)
         if not self.reference_architectures:
             raise ConfigError("reference_architectures must name at least one architecture (unseen references)")
         for spec in self.removals:
             make_removal(spec)
+        for eps in self.compare_eps:
+            check_eps(eps, "compare_eps")
+        if self.compare_eps and not any(parse_spec(spec)[0] in FROM_SCRATCH for spec in self.removals):
+            raise ConfigError(f"compare_eps needs a removal trained from scratch ({', '.join(FROM_SCRATCH)}) among "
+                              "the removals: conferrability is measured on those surrogates")
+        counts = (self.n_surrogates, self.n_references, len(self.reference_architectures), len(self.removals))
+        if max(counts) > 100:
+            raise ConfigError(f"at most 100 models per role (each role has its own range of 100 seeds), got {counts}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "cache_dir": str(self.cache_dir)}
@@ -105,8 +114,9 @@ class SuspectResult:
 
     name: str
     kind: str  # "surrogate" or "reference"
+    attack: str  # the removal attack's registry name ("" for references)
     test_accuracy: float
-    counts: bool  # a surrogate that kept its accuracy (references always count)
+    counts: bool  # within max_accuracy_drop of the source's accuracy (a model that lost it removes nothing)
     cae_acc: dict[str, float]
     seconds: float
 
@@ -145,6 +155,11 @@ def split_owner_data(data: DataSplits, seed: int, attacker_val: float = 0.08) ->
     return defender, attacker
 
 
+def recipe_key(recipe: dict[str, Any]) -> str:
+    """A short hash of a JSON recipe: everything that decides a cached model or fingerprint."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 class ModelCache:
     """Checkpoints under `root`, one per hash of the recipe that decides the weights."""
 
@@ -153,8 +168,7 @@ class ModelCache:
 
     def get(self, recipe: dict[str, Any], architecture: str, data: DataSplits,
             build: Callable[[], Classifier]) -> Classifier:
-        key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        directory = self.root / "models" / f"{recipe['role']}-{key}"
+        directory = self.root / "models" / f"{recipe['role']}-{recipe_key(recipe)}"
         if (directory / "model.json").is_file():
             return load_checkpoint(directory)[0]
         started = time.perf_counter()
@@ -168,19 +182,19 @@ class ModelCache:
 
 def local_models(
     source: Classifier, source_recipe: dict[str, Any], architecture: str, data: DataSplits, n_surrogates: int,
-    n_references: int, epochs: int, cache: ModelCache,
+    n_references: int, epochs: int, cache: ModelCache, seed_base: int = 0,
 ) -> tuple[list[Classifier], list[Classifier]]:
     """The defender's local models for CEM, trained on `data.train` (cached): surrogates on the source's labels
-    (seeds 1, 2, ...), references on the true labels (seeds 101, 102, ...)."""
-    surrogates = [cache.get({**source_recipe, "role": "local-surrogate", "architecture": architecture,
-                             "epochs": epochs, "seed": 1 + i}, architecture, data,
-                            lambda i=i: _trained(architecture, data, source_labels(source, data.train),
-                                                 source_labels(source, data.val), epochs, 1 + i))
-                  for i in range(n_surrogates)]
-    references = [cache.get({"data": data_key(data.train), "role": "local-reference",
-                             "architecture": architecture, "epochs": epochs, "seed": 101 + i}, architecture, data,
-                            lambda i=i: _trained(architecture, data, data.train, data.val, epochs, 101 + i))
-                  for i in range(n_references)]
+    (seeds `seed_base` + 1, 2, ...), references on the true labels (seeds `seed_base` + 101, 102, ...)."""
+    local = {"data": data_key(data.train), "architecture": architecture, "epochs": epochs}
+    surrogates = [cache.get({**source_recipe, **local, "role": "local-surrogate", "seed": seed}, architecture, data,
+                            lambda seed=seed: train_from_scratch(architecture, data, source_labels(source, data.train),
+                                                                 source_labels(source, data.val), epochs, 1e-3, seed))
+                  for seed in range(seed_base + LOCAL_SURROGATE_SEED, seed_base + LOCAL_SURROGATE_SEED + n_surrogates)]
+    references = [cache.get({**local, "role": "local-reference", "seed": seed}, architecture, data,
+                            lambda seed=seed: train_from_scratch(architecture, data, data.train, data.val, epochs,
+                                                                 1e-3, seed))
+                  for seed in range(seed_base + LOCAL_REFERENCE_SEED, seed_base + LOCAL_REFERENCE_SEED + n_references)]
     return surrogates, references
 
 
@@ -191,11 +205,9 @@ def data_key(split: Split) -> str:
     return digest.hexdigest()[:12]
 
 
-def _trained(architecture: str, data: DataSplits, labels: Split, val: Split, epochs: int, seed: int) -> Classifier:
-    model = build_classifier(architecture, data, seed)
-    config = TrainConfig(epochs=epochs, lr_drop_epoch=max(1, epochs - 1), seed=seed)
-    train(model, labels, val, config, progress=False)
-    return model
+def counted(suspects: list[SuspectResult]) -> list[SuspectResult]:
+    """The suspects that kept the accuracy bar (the only ones that enter AUCs and verdicts)."""
+    return [s for s in suspects if s.counts]
 
 
 def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = print) -> OwnershipReport:
@@ -204,58 +216,56 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
     data = load_dataset(config.dataset)
     defender, attacker = split_owner_data(data, config.seed)
     cache = ModelCache(Path(config.cache_dir), log)
-    base = {"data": data_key(defender.train), "epochs": config.epochs}
-    attacker_base = {"attacker_data": data_key(attacker.train), "epochs": config.epochs}
+    seed_base = 1000 * config.seed
     arch = config.architecture
 
-    source_recipe = {**base, "role": "source", "architecture": arch}
-    source = cache.get(source_recipe, arch, defender,
-                       lambda: _trained(arch, defender, defender.train, defender.val, config.epochs, config.seed))
+    source_recipe = {"data": data_key(defender.train), "epochs": config.epochs, "role": "source", "architecture": arch,
+                     "seed": seed_base}
+    source = cache.get(source_recipe, arch, defender, lambda: train_from_scratch(
+        arch, defender, defender.train, defender.val, config.epochs, 1e-3, seed_base))
     source_acc = accuracy(source, data.test)
     log(f"source {arch}: test accuracy {100 * source_acc:.2f}%")
     surrogates, references = local_models(source, source_recipe, arch, defender, config.n_surrogates,
-                                          config.n_references, config.epochs, cache)
+                                          config.n_references, config.epochs, cache, seed_base)
 
     candidates = data.val.subset(torch.arange(min(config.n_candidates, len(data.val))))
-    fp_cache = Path(config.cache_dir) / "fingerprints"
+    local = {"source": source_recipe, "size": config.size, "n": len(candidates)}
     fingerprints = {
-        "cem": _cached_fingerprint(fp_cache, {"source": source_recipe, "cem": asdict(config.cem), "tau": config.tau,
-                                              "size": config.size, "n": len(candidates), "S": config.n_surrogates,
-                                              "R": config.n_references},
-                                   lambda: generate_cem_fingerprint(source, surrogates, references, candidates.x,
-                                                                    candidates.y, config.size, config.tau, config.cem,
-                                                                    progress)),
-        "ipguard": _cached_fingerprint(fp_cache, {"source": source_recipe, "ipguard": asdict(config.ipguard),
-                                                  "size": config.size, "n": len(candidates)},
-                                       lambda: generate_ipguard_fingerprint(source, candidates.x, config.size,
-                                                                            config.ipguard, progress)),
+        "cem": _cached_fingerprint(
+            Path(config.cache_dir), {**local, "cem": asdict(config.cem), "tau": config.tau, "S": config.n_surrogates,
+                                     "R": config.n_references},
+            lambda: generate_cem_fingerprint(source, surrogates, references, candidates.x, candidates.y, config.size,
+                                             config.tau, config.cem, progress)),
+        "ipguard": _cached_fingerprint(
+            Path(config.cache_dir), {**local, "ipguard": asdict(config.ipguard)},
+            lambda: generate_ipguard_fingerprint(source, candidates.x, config.size, config.ipguard, progress)),
     }
     for method, fp in fingerprints.items():
         log(f"{method} fingerprint: {len(fp)} inputs, source CAEAcc {100 * cae_accuracy(LocalSuspect(source), fp):.0f}%")
 
     suspects: list[SuspectResult] = []
-    models: dict[str, Classifier] = {}
-    jobs = [("surrogate", spec) for spec in config.removals] + [
-        ("reference", f"{name}#{i}") for i, name in enumerate(config.reference_architectures)]
-    for kind, spec in tqdm(jobs, desc="suspects", unit="model", disable=not progress):
+    models: list[Classifier] = []
+    attacker_recipe = {"attacker_data": data_key(attacker.train), "epochs": config.epochs}
+    jobs = [("surrogate", spec) for spec in config.removals] + [("reference", a) for a in config.reference_architectures]
+    for index, (kind, spec) in enumerate(tqdm(jobs, desc="suspects", unit="model", disable=not progress)):
         t0 = time.perf_counter()
         if kind == "surrogate":
-            removal = attacker_removal(spec, len(suspects))
-            model = cache.get({**source_recipe, **attacker_base, "role": "surrogate", "name": spec,
-                               "params": removal.params}, removal.architecture or arch,
-                              attacker, lambda removal=removal: removal.run(source, attacker))
-            name = removal.label
+            removal = attacker_removal(spec, index, seed_base)
+            model = cache.get({**source_recipe, **attacker_recipe, "role": "surrogate", "name": spec,
+                               "params": removal.params}, removal.architecture or arch, attacker,
+                              lambda removal=removal: removal.run(source, attacker))
+            name, attack = removal.label, removal.name
         else:
-            ref_arch, index = spec.split("#")
-            model = cache.get({**attacker_base, "role": "reference", "name": spec, "architecture": ref_arch}, ref_arch,
-                              attacker, lambda ref_arch=ref_arch, index=int(index):
-                              _trained(ref_arch, attacker, attacker.train, attacker.val, config.epochs, 201 + index))
-            name = f"reference {ref_arch} (seed {201 + int(index)})"
+            seed = seed_base + REFERENCE_SEED + index - len(config.removals)
+            model = cache.get({**attacker_recipe, "role": "reference", "architecture": spec, "seed": seed}, spec,
+                              attacker, lambda spec=spec, seed=seed: train_from_scratch(
+                                  spec, attacker, attacker.train, attacker.val, config.epochs, 1e-3, seed))
+            name, attack = f"reference {spec} (seed {seed})", ""
         acc = accuracy(model, data.test)
-        counts = kind == "reference" or acc >= source_acc - config.max_accuracy_drop
         cae = {method: cae_accuracy(LocalSuspect(model), fp) for method, fp in fingerprints.items()}
-        suspects.append(SuspectResult(name, kind, acc, counts, cae, time.perf_counter() - t0))
-        models[name] = model
+        suspects.append(SuspectResult(name, kind, attack, acc, acc >= source_acc - config.max_accuracy_drop, cae,
+                                      time.perf_counter() - t0))
+        models.append(model)
         log(f"{name}: accuracy {100 * acc:.2f}%, " + ", ".join(f"{m} CAEAcc {100 * v:.0f}%" for m, v in cae.items()))
 
     auc = {method: _auc(suspects, method) for method in fingerprints}
@@ -264,18 +274,17 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
                            suspects, auc, comparison, time.perf_counter() - started)
 
 
-def attacker_removal(spec: str, index: int) -> Removal:
-    """The removal attack of `spec`, seeded with `ATTACKER_SEED + index` unless the spec sets a seed: an attacker
-    who retrains from the source's own initialisation seed would share its initial weights, which no real attacker
-    knows (and which makes retrained surrogates look far more like the source than they are)."""
+def attacker_removal(spec: str, index: int, seed_base: int = 0) -> Removal:
+    """The removal attack of `spec`, seeded with `seed_base + ATTACKER_SEED + index` unless the spec sets a seed:
+    an attacker who retrains from the source's own initialisation seed would share its initial weights, which no
+    real attacker knows (and which makes retrained surrogates look far more like the source than they are)."""
     name, params = parse_spec(spec)
-    params.setdefault("seed", ATTACKER_SEED + index)
+    params.setdefault("seed", seed_base + ATTACKER_SEED + index)
     return REMOVALS.create(name, **params)
 
 
 def _cached_fingerprint(root: Path, recipe: dict[str, Any], build: Callable[[], Fingerprint]) -> Fingerprint:
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    directory = root / key
+    directory = root / "fingerprints" / recipe_key(recipe)
     if directory.is_dir():
         return Fingerprint.load(directory)
     fingerprint = build()
@@ -284,43 +293,42 @@ def _cached_fingerprint(root: Path, recipe: dict[str, Any], build: Callable[[], 
 
 
 def _auc(suspects: list[SuspectResult], method: str) -> float:
-    """ROC AUC of CAEAcc for counted surrogates (positive) against references (negative)."""
-    counted = [s for s in suspects if s.counts]
-    labels = [s.kind == "surrogate" for s in counted]
+    """ROC AUC of CAEAcc for counted surrogates (positive) against counted references (negative)."""
+    kept = counted(suspects)
+    labels = [s.kind == "surrogate" for s in kept]
     if all(labels) or not any(labels):
         return float("nan")
-    return float(roc_auc_score(labels, [s.cae_acc[method] for s in counted]))
+    return float(roc_auc_score(labels, [s.cae_acc[method] for s in kept]))
 
 
 def auc_against_references(suspect: SuspectResult, suspects: list[SuspectResult], method: str) -> float:
-    """AUC of one surrogate against all references: the share of references with lower CAEAcc (ties count half)."""
-    refs = np.array([s.cae_acc[method] for s in suspects if s.kind == "reference"])
+    """AUC of one surrogate against the counted references: the share with lower CAEAcc (ties count half)."""
+    refs = np.array([s.cae_acc[method] for s in counted(suspects) if s.kind == "reference"])
     value = suspect.cae_acc[method]
     return float(((refs < value).sum() + 0.5 * (refs == value).sum()) / max(len(refs), 1))
 
 
 def _compare_conferrability(
     config: OwnershipConfig, source: Classifier, candidates: Split, local_surrogates: list[Classifier],
-    local_references: list[Classifier], suspects: list[SuspectResult], models: dict[str, Classifier], progress: bool,
+    local_references: list[Classifier], suspects: list[SuspectResult], models: list[Classifier], progress: bool,
 ) -> list[dict[str, Any]]:
-    """Mean conferrability on the unseen (counted) surrogates and references of successful examples per attack/eps."""
-    from neuroprint.attacks import make_attack
-    from neuroprint.ownership.cem import run_cem
-
+    """Mean conferrability of successful examples per attack and eps, on the unseen surrogates trained from scratch
+    (`retrain`, `ground-truth`: as in the paper's figure 3a) and the unseen references (all counted)."""
     if not config.compare_eps:
         return []
-    unseen_s = [models[s.name] for s in suspects if s.kind == "surrogate" and s.counts]
-    unseen_r = [models[s.name] for s in suspects if s.kind == "reference"]
-    if not unseen_s:
-        raise InputError("no unseen surrogate kept its accuracy, so conferrability cannot be compared")
+    unseen_s = [m for s, m in zip(suspects, models, strict=True) if s.counts and s.attack in FROM_SCRATCH]
+    unseen_r = [m for s, m in zip(suspects, models, strict=True) if s.counts and s.kind == "reference"]
+    if not unseen_s or not unseen_r:
+        raise InputError("conferrability needs an unseen surrogate trained from scratch and a reference that kept "
+                         f"their accuracy; got {len(unseen_s)} and {len(unseen_r)}")
     pool = candidates.subset(torch.arange(min(config.n_compare, len(candidates))))
     correct = source.predict(pool.x) == pool.y
     x, y = pool.x[correct], pool.y[correct]
     rows = []
     for eps in config.compare_eps:
-        runs = {
+        runs: dict[str, Callable[[], torch.Tensor]] = {
             "cem": lambda eps=eps: run_cem(source, local_surrogates, local_references, x,
-                                       CEMConfig(**{**asdict(config.cem), "eps": eps}), progress),
+                                           replace(config.cem, eps=eps), progress),
             "fgsm": lambda eps=eps: make_attack(f"fgsm:eps={eps}")(source, x, y).x_adv,
             "pgd": lambda eps=eps: make_attack(f"pgd:eps={eps},alpha={eps / 10},steps=40")(source, x, y).x_adv,
             "cw": lambda eps=eps: _linf_projected(make_attack("cw")(source, x, y).x_adv, x, eps),
@@ -332,7 +340,8 @@ def _compare_conferrability(
             score = conferrability(predictions(unseen_s, x_adv[ok]), predictions(unseen_r, x_adv[ok]), target[ok]) \
                 if bool(ok.any()) else torch.zeros(0)
             rows.append({"eps": eps, "attack": attack, "success_rate": float(ok.float().mean()), "n": int(ok.sum()),
-                         "conferrability": float(score.mean()) if len(score) else float("nan")})
+                         "conferrability": float(score.mean()) if len(score) else float("nan"),
+                         "surrogates": len(unseen_s), "references": len(unseen_r)})
     return rows
 
 

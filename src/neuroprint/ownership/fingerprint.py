@@ -15,6 +15,7 @@ from neuroprint.io import atomic_path, git_commit, read_json, versions, write_js
 from neuroprint.models.classifier import check_images
 
 FORMAT_VERSION = 1
+METHODS = ("cem", "ipguard")
 TENSORS, META = "fingerprint.safetensors", "fingerprint.json"
 
 
@@ -31,6 +32,10 @@ class Fingerprint:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown fingerprint method {self.method!r}; valid: {', '.join(METHODS)}")
+        if not isinstance(self.meta, dict):
+            raise InputError(f"fingerprint meta must be a JSON object, got {type(self.meta).__name__}")
         if len(self.x) == 0:
             raise InputError("the fingerprint is empty (0 inputs); generation kept none: lower tau or raise n_candidates")
         check_images(self.x, name="fingerprint inputs")
@@ -69,7 +74,7 @@ class Fingerprint:
             raise InputError(f"cannot read fingerprint tensors from {directory / TENSORS} ({exc})") from None
         if set(tensors) != {"x", "target"}:
             raise InputError(f"{directory / TENSORS} must hold tensors x and target, got {sorted(tensors)}")
-        fingerprint = cls(tensors["x"], tensors["target"], str(record.get("method")), dict(record.get("meta", {})))
+        fingerprint = cls(tensors["x"], tensors["target"], str(record.get("method")), record.get("meta", {}))
         if len(fingerprint) != record.get("n"):
             raise InputError(f"{directory / TENSORS} holds {len(fingerprint)} inputs but {directory / META} says {record.get('n')}")
         return fingerprint

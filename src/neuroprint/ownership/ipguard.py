@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from neuroprint.checks import check_float, check_int
 from neuroprint.errors import InputError
-from neuroprint.models.classifier import Classifier, check_images
+from neuroprint.models.classifier import Classifier, check_images, input_gradients_only
 from neuroprint.ownership.fingerprint import Fingerprint
 
 
@@ -69,15 +69,17 @@ def generate_ipguard_fingerprint(
         j = (i + torch.randint(1, source.num_classes, i.shape, generator=generator).to(i.device)) % source.num_classes
         x_fp = x0.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x_fp], lr=config.lr)
-        for _ in range(config.steps):
-            loss = ipguard_loss(source(x_fp), i, j, config.k)
-            optimizer.zero_grad()
-            loss.sum().backward()
-            optimizer.step()
-            with torch.no_grad():
-                x_fp.clamp_(lo, hi)
+        with input_gradients_only(source):
+            for _ in range(config.steps):
+                loss = ipguard_loss(source(x_fp), i, j, config.k)
+                optimizer.zero_grad()
+                loss.sum().backward()
+                optimizer.step()
+                with torch.no_grad():
+                    x_fp.clamp_(lo, hi)
         with torch.no_grad():
-            done = ipguard_loss(source(x_fp), i, j, config.k) == 0
+            logits = source(x_fp)
+            done = (ipguard_loss(logits, i, j, config.k) == 0) & (logits.argmax(1) == j)  # k = 0 allows ties
         kept_x.append(x_fp.detach()[done].cpu())
         kept_t.append(j[done].cpu())
         n_tried += len(x0)

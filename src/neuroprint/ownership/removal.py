@@ -86,6 +86,8 @@ def _last_linear(module: nn.Module) -> nn.Linear:
 
 
 def _fine_tune(mode: str, epochs: int, lr: float, seed: int) -> Removal:
+    """FTLL/FTAL/RTLL/RTAL (Uchida et al. 2017). "Last layer" is the final linear layer; with BatchNorm
+    architectures the running statistics of frozen layers still adapt to the attacker's data."""
     config = _config(epochs, lr, seed)
 
     def derive(source: Classifier, attacker: DataSplits) -> Classifier:
@@ -158,18 +160,26 @@ def prune(rate: float = 0.8, rounds: int = 3, epochs: int = 1, lr: float = 1e-3,
     return Removal("prune", {"rate": rate, "rounds": rounds, "epochs": epochs, "lr": lr, "seed": seed}, derive)
 
 
+def train_from_scratch(
+    architecture: str, data: DataSplits, labels: Split, val: Split, epochs: int, lr: float, seed: int,
+    perturb: Perturb | None = None,
+) -> Classifier:
+    """A fresh, seeded `architecture` for `data`'s images trained on `labels` (`val` for per-epoch accuracy)."""
+    model = build_classifier(architecture, data, seed)
+    train(model, labels, val, _config(epochs, lr, seed), progress=False, perturb=perturb)
+    return model
+
+
 def _from_scratch(
     name: str, params: dict[str, Any], architecture: str, epochs: int, lr: float, seed: int,
     labels: Callable[[Classifier, Split], Split], perturb: Perturb | None = None,
 ) -> Removal:
     MODELS.get(architecture)  # unknown names fail now, not after the first models trained
-    config = _config(epochs, lr, seed)
+    _config(epochs, lr, seed)
 
     def derive(source: Classifier, attacker: DataSplits) -> Classifier:
-        model = build_classifier(architecture, attacker, seed)
-        train(model, labels(source, attacker.train), source_labels(source, attacker.val), config, progress=False,
-              perturb=perturb)
-        return model
+        return train_from_scratch(architecture, attacker, labels(source, attacker.train),
+                                  source_labels(source, attacker.val), epochs, lr, seed, perturb)
 
     return Removal(name, {"architecture": architecture, **params, "epochs": epochs, "lr": lr, "seed": seed}, derive,
                    architecture)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 from sklearn.metrics import roc_curve
 
 from neuroprint.io import atomic_path, write_json
-from neuroprint.ownership.experiment import OwnershipReport, auc_against_references
+from neuroprint.ownership.experiment import OwnershipReport, auc_against_references, counted
 
 METHOD_NAMES = {"cem": "CEM (conferrable)", "ipguard": "IPGuard"}
 
@@ -37,8 +37,9 @@ def markdown_table(report: OwnershipReport) -> str:
             cells.append(f"{100 * s.cae_acc[m]:.0f}{auc}")
         lines.append(f"| {s.name} | {s.kind} | {100 * s.test_accuracy:.2f} | {'yes' if s.counts else 'no (accuracy lost)'}"
                      f" | " + " | ".join(cells) + " |")
-    lines += ["", "ROC AUC of CAEAcc, counted surrogates vs references: "
-              + ", ".join(f"{METHOD_NAMES.get(m, m)} {_fmt(v)}" for m, v in report.auc.items())]
+    lines += ["", "ROC AUC of CAEAcc, surrogates vs references (those that kept their accuracy): "
+              + ", ".join(f"{METHOD_NAMES.get(m, m)} {_fmt(v)}" for m, v in report.auc.items()),
+              "", f"Verdicts at rho = {cfg.rho}: " + "; ".join(_verdicts(report, m) for m in methods)]
     if report.conferrability:
         lines += ["", "Mean conferrability on the unseen models of successful examples (success rate in brackets):", "",
                   "| eps | " + " | ".join(dict.fromkeys(r["attack"] for r in report.conferrability)) + " |",
@@ -50,6 +51,17 @@ def markdown_table(report: OwnershipReport) -> str:
     return "\n".join(lines)
 
 
+def _verdicts(report: OwnershipReport, method: str) -> str:
+    """How many counted surrogates and references reach CAEAcc >= rho with `method`'s fingerprint."""
+    rho = report.config.rho
+    surrogates = [s for s in counted(report.suspects) if s.kind == "surrogate"]
+    references = [s for s in counted(report.suspects) if s.kind == "reference"]
+    caught = sum(s.cae_acc[method] >= rho for s in surrogates)
+    accused = sum(s.cae_acc[method] >= rho for s in references)
+    return (f"{METHOD_NAMES.get(method, method)} flags {caught} of {len(surrogates)} surrogates and {accused} of "
+            f"{len(references)} references")
+
+
 def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
@@ -57,12 +69,12 @@ def _fmt(value: float) -> str:
 def roc_plot(report: OwnershipReport, path: str | Path) -> None:
     """ROC curves of CAEAcc (counted surrogates positive, references negative), one per fingerprint method."""
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    counted = [s for s in report.suspects if s.counts]
-    labels = [s.kind == "surrogate" for s in counted]
+    kept = counted(report.suspects)
+    labels = [s.kind == "surrogate" for s in kept]
     for method, auc in report.auc.items():
         if math.isnan(auc):
             continue
-        fpr, tpr, _ = roc_curve(labels, [s.cae_acc[method] for s in counted])
+        fpr, tpr, _ = roc_curve(labels, [s.cae_acc[method] for s in kept])
         ax.plot(fpr, tpr, label=f"{METHOD_NAMES.get(method, method)} (AUC {auc:.2f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
     ax.set(title="surrogate vs reference", xlabel="false positive rate", ylabel="true positive rate")

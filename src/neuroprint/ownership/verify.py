@@ -7,6 +7,7 @@ Suspects: a local `Classifier` (`LocalSuspect`) or an HTTP endpoint (`HTTPSuspec
 """
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -65,12 +66,14 @@ class HTTPSuspect:
             detail = exc.read().decode(errors="replace").strip()[:200]
             raise InputError(f"suspect at {self.url} answered HTTP {exc.code} for inputs of shape "
                              f"{list(x.shape[1:])}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        except (OSError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
             raise InputError(f"cannot reach the suspect at {self.url} ({exc})") from None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError(f"suspect at {self.url} did not answer JSON") from None
         labels = answer.get("labels") if isinstance(answer, dict) else None
-        if not isinstance(labels, list) or len(labels) != len(x) or not all(isinstance(v, int) for v in labels):
+        if not isinstance(labels, list) or len(labels) != len(x) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in labels
+        ):
             raise InputError(f"suspect at {self.url} must answer {{\"labels\": [{len(x)} integers]}}, got {str(answer)[:120]}")
         return torch.tensor(labels, dtype=torch.long)
 
