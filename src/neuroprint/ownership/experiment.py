@@ -187,7 +187,7 @@ def local_models(
     """The defender's local models for CEM, trained on `data.train` (cached): surrogates on the source's labels
     (seeds `seed_base` + 1, 2, ...), references on the true labels (seeds `seed_base` + 101, 102, ...)."""
     local = {"data": data_key(data.train), "architecture": architecture, "epochs": epochs}
-    surrogates = [cache.get({**source_recipe, **local, "role": "local-surrogate", "seed": seed}, architecture, data,
+    surrogates = [cache.get({"source": source_recipe, **local, "role": "local-surrogate", "seed": seed}, architecture, data,
                             lambda seed=seed: train_from_scratch(architecture, data, source_labels(source, data.train),
                                                                  source_labels(source, data.val), epochs, 1e-3, seed))
                   for seed in range(seed_base + LOCAL_SURROGATE_SEED, seed_base + LOCAL_SURROGATE_SEED + n_surrogates)]
