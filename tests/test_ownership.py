@@ -291,7 +291,7 @@ def test_the_experiment_runs_end_to_end_and_is_cached(tmp_path) -> None:
     assert all(r["surrogates"] == 1 and r["references"] == 2 for r in report.conferrability)
     assert all(0 <= r["conferrability"] <= 1 for r in report.conferrability if r["n"])
     table = markdown_table(report)
-    assert "ftal" in table and "ROC AUC" in table and "Verdicts at rho" in table
+    assert "ftal" in table and "ROC AUC" in table and "Verdicts at rho" in table and "modification" in table
     paths = write_outputs(report, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["provenance"]["git"]
     logs.clear()

@@ -57,6 +57,8 @@ DEFAULT_REFERENCES = ("lenet5",) * 8 + ("mnist-net",) * 2
 # source +0, local surrogates +1.., local references +101.., unseen references +201.., removal attacks +301...
 LOCAL_SURROGATE_SEED, LOCAL_REFERENCE_SEED, REFERENCE_SEED, ATTACKER_SEED = 1, 101, 201, 301
 FROM_SCRATCH = ("retrain", "ground-truth")  # removals whose surrogates are trained from scratch on source labels
+FAMILIES = {"modification": ("ftll", "ftal", "rtll", "rtal", "prune"), "extraction": FROM_SCRATCH,
+            "adversarial training": ("adv-train",)}
 
 
 @dataclass
@@ -290,6 +292,12 @@ def _cached_fingerprint(root: Path, recipe: dict[str, Any], build: Callable[[], 
     fingerprint = build()
     fingerprint.save(directory)
     return fingerprint
+
+
+def family_auc(suspects: list[SuspectResult], method: str) -> dict[str, float]:
+    """ROC AUC of CAEAcc per removal family (`FAMILIES`): that family's counted surrogates against the references."""
+    return {family: _auc([s for s in suspects if s.kind == "reference" or s.attack in attacks], method)
+            for family, attacks in FAMILIES.items()}
 
 
 def _auc(suspects: list[SuspectResult], method: str) -> float:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 from sklearn.metrics import roc_curve
 
 from neuroprint.io import atomic_path, write_json
-from neuroprint.ownership.experiment import OwnershipReport, auc_against_references, counted
+from neuroprint.ownership.experiment import OwnershipReport, auc_against_references, counted, family_auc
 
 METHOD_NAMES = {"cem": "CEM (conferrable)", "ipguard": "IPGuard"}
 
@@ -39,6 +39,10 @@ def markdown_table(report: OwnershipReport) -> str:
                      f" | " + " | ".join(cells) + " |")
     lines += ["", "ROC AUC of CAEAcc, surrogates vs references (those that kept their accuracy): "
               + ", ".join(f"{METHOD_NAMES.get(m, m)} {_fmt(v)}" for m, v in report.auc.items()),
+              "", "By removal family: " + "; ".join(
+                  f"{METHOD_NAMES.get(m, m)} " + ", ".join(f"{family} {_fmt(v)}"
+                                                          for family, v in family_auc(report.suspects, m).items())
+                  for m in methods),
               "", f"Verdicts at rho = {cfg.rho}: " + "; ".join(_verdicts(report, m) for m in methods)]
     if report.conferrability:
         lines += ["", "Mean conferrability on the unseen models of successful examples (success rate in brackets):", "",
