@@ -207,6 +207,15 @@ def data_key(split: Split) -> str:
     return digest.hexdigest()[:12]
 
 
+def source_model(defender: DataSplits, architecture: str, epochs: int, seed: int,
+                 cache: ModelCache) -> tuple[Classifier, dict[str, Any]]:
+    """The defender's source model (trained on its half with true labels, cached) and its recipe."""
+    recipe = {"data": data_key(defender.train), "epochs": epochs, "role": "source", "architecture": architecture,
+              "seed": seed}
+    return cache.get(recipe, architecture, defender, lambda: train_from_scratch(
+        architecture, defender, defender.train, defender.val, epochs, 1e-3, seed)), recipe
+
+
 def counted(suspects: list[SuspectResult]) -> list[SuspectResult]:
     """The suspects that kept the accuracy bar (the only ones that enter AUCs and verdicts)."""
     return [s for s in suspects if s.counts]
@@ -221,10 +230,7 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
     seed_base = 1000 * config.seed
     arch = config.architecture
 
-    source_recipe = {"data": data_key(defender.train), "epochs": config.epochs, "role": "source", "architecture": arch,
-                     "seed": seed_base}
-    source = cache.get(source_recipe, arch, defender, lambda: train_from_scratch(
-        arch, defender, defender.train, defender.val, config.epochs, 1e-3, seed_base))
+    source, source_recipe = source_model(defender, arch, config.epochs, seed_base, cache)
     source_acc = accuracy(source, data.test)
     log(f"source {arch}: test accuracy {100 * source_acc:.2f}%")
     surrogates, references = local_models(source, source_recipe, arch, defender, config.n_surrogates,
