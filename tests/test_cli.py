@@ -155,3 +155,18 @@ def test_ownership_bad_input_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
                                                 args: list[str], message: str) -> None:
     code, _, err = run(monkeypatch, capsys, *args)
     assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_ownership_generate_cem_trains_local_models(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:
+    ckpt, fp = tmp_path / "source", tmp_path / "fp"
+    code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "--epochs", "20",
+                       "--lr-drop-epoch", "15", "-o", str(ckpt))
+    assert code == 0, err
+    args = ["ownership", "generate", "-s", str(ckpt), "-o", str(fp), "-d", "digits", "--n-local", "2", "--epochs", "10",
+            "--steps", "20", "--tau", "0", "--size", "10", "--n-candidates", "40", "--cache-dir", str(tmp_path / "c")]
+    code, out, err = run(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "cem fingerprint of" in out and len(list((tmp_path / "c" / "models").iterdir())) == 4
+    code, _, err = run(monkeypatch, capsys, *[a if a != "digits" else "mnist" for a in args])
+    assert code == 2 and "trained on 'digits', not 'mnist'" in err
