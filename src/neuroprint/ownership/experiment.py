@@ -5,9 +5,11 @@ source model and, for CEM, S local surrogates (on the source's labels) and R loc
 all on its half, and generates a CEM and an IPGuard fingerprint from its validation images. The attacker derives
 unseen surrogates from the source with every removal attack on its own half; unseen references are trained there
 by independent parties on true labels, with several architectures. Every suspect gets its test accuracy and its
-CAEAcc on both fingerprints; ROC AUC measures how well CAEAcc separates surrogates from references (only
-surrogates within `max_accuracy_drop` of the source's accuracy count: an attack that destroys the model removes
-nothing). Optionally, the conferrability on the unseen models of CEM vs FGSM/PGD/CW examples is compared per eps.
+CAEAcc on both fingerprints; ROC AUC measures how well CAEAcc separates surrogates from references (only models
+within `max_accuracy_drop` of the source's accuracy count: an attack that destroys the model removes nothing, and
+a weak reference would be an easy negative). Each model role has its own seed range (`*_SEED`), so no two models
+share initial weights. Optionally, the conferrability of CEM vs FGSM/PGD/CW examples on the unseen models trained
+from scratch is compared per eps.
 Models and fingerprints are cached by a hash of everything that decides them.
 """
 from __future__ import annotations
