@@ -22,6 +22,14 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *ar
     return code, out, err
 
 
+def train_digits(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: Path) -> str:
+    """`neuroprint train` of a small-cnn on digits into checkpoint `out`; returns its stdout."""
+    code, stdout, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "--epochs", "20",
+                            "--lr-drop-epoch", "15", "--out", str(out))
+    assert code == 0, err
+    return stdout
+
+
 def test_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(monkeypatch, capsys, "list")
     assert code == 0
@@ -41,9 +49,7 @@ def test_fresh_process_lists_every_registry_and_exits_2_on_bad_input() -> None:
 
 def test_train_attack_evaluate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     ck = tmp_path / "model"
-    code, out, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "--epochs", "20",
-                         "--lr-drop-epoch", "15", "--out", str(ck))
-    assert code == 0, err
+    out = train_digits(monkeypatch, capsys, ck)
     assert (ck / "model.safetensors").is_file() and "test accuracy" in out
 
     code, out, err = run(monkeypatch, capsys, "attack", "-c", str(ck), "-d", "digits", "-a", "fgsm", "--n", "40",
@@ -127,9 +133,7 @@ def test_train_rejects_bad_fingerprint_options(
 def test_ownership_generate_and_verify(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path) -> None:
     ckpt, fp = tmp_path / "source", tmp_path / "fp"
-    code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "--epochs", "20",
-                       "--lr-drop-epoch", "15", "-o", str(ckpt))
-    assert code == 0, err
+    train_digits(monkeypatch, capsys, ckpt)
     code, out, err = run(monkeypatch, capsys, "ownership", "generate", "-s", str(ckpt), "-o", str(fp), "-d", "digits",
                          "--method", "ipguard", "--steps", "60", "--size", "10", "--n-candidates", "40", "--k", "0.2")
     assert code == 0, err
@@ -160,9 +164,7 @@ def test_ownership_bad_input_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
 def test_ownership_generate_cem_trains_local_models(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                                     tmp_path: Path) -> None:
     ckpt, fp = tmp_path / "source", tmp_path / "fp"
-    code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "--epochs", "20",
-                       "--lr-drop-epoch", "15", "-o", str(ckpt))
-    assert code == 0, err
+    train_digits(monkeypatch, capsys, ckpt)
     args = ["ownership", "generate", "-s", str(ckpt), "-o", str(fp), "-d", "digits", "--n-local", "2", "--epochs", "10",
             "--steps", "20", "--tau", "0", "--size", "10", "--n-candidates", "40", "--cache-dir", str(tmp_path / "c")]
     code, out, err = run(monkeypatch, capsys, *args)

@@ -22,10 +22,10 @@ from torch import nn
 
 from neuroprint.attacks.base import Attack
 from neuroprint.checks import check_float, check_int
-from neuroprint.detectors.influence import forward_with_embedding, last_linear
+from neuroprint.detectors.influence import forward_with_embedding
 from neuroprint.detectors.nnif import NNIFDetector
 from neuroprint.errors import NotFittedError
-from neuroprint.models.classifier import Classifier
+from neuroprint.models.classifier import Classifier, last_linear
 
 
 def logits_and_embedding(classifier: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

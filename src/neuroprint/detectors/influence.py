@@ -25,18 +25,10 @@ from tqdm.auto import tqdm
 
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.features import Pooling, pool
-from neuroprint.models.classifier import Classifier
+from neuroprint.models.classifier import Classifier, last_linear
 
 _CHUNK = 256  # images per forward pass
 _TRAIN_CHUNK = 4096  # training points per influence block: [B, K, chunk] floats at a time
-
-
-def last_linear(classifier: Classifier) -> nn.Linear:
-    """The classifier's last `nn.Linear` module (embedding -> logits); `ConfigError` if it has none."""
-    linears = [m for m in classifier.module.modules() if isinstance(m, nn.Linear)]
-    if not linears or linears[-1].out_features != classifier.num_classes:
-        raise ConfigError("influence needs a classifier whose last nn.Linear maps the embedding to the logits")
-    return linears[-1]
 
 
 @torch.no_grad()

@@ -107,6 +107,14 @@ class Classifier(nn.Module):
         return logits, {n: captured[n] for n in wanted}
 
 
+def last_linear(classifier: Classifier) -> nn.Linear:
+    """The classifier's last `nn.Linear` module (embedding -> logits); `ConfigError` if it has none."""
+    linears = [m for m in classifier.module.modules() if isinstance(m, nn.Linear)]
+    if not linears or linears[-1].out_features != classifier.num_classes:
+        raise ConfigError("this needs a classifier whose last nn.Linear maps the embedding to the logits")
+    return linears[-1]
+
+
 @contextmanager
 def input_gradients_only(*models: nn.Module) -> Iterator[None]:
     """Turn off parameter gradients of `models` for the block (attacks need only input gradients: faster, and

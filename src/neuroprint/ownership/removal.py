@@ -30,7 +30,7 @@ from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.data.base import DataSplits, Split
 from neuroprint.errors import ConfigError
 from neuroprint.models.checkpoint import build_classifier
-from neuroprint.models.classifier import Classifier
+from neuroprint.models.classifier import Classifier, last_linear
 from neuroprint.models.training import Perturb, TrainConfig, train
 from neuroprint.registry import ATTACKS, MODELS, Registry
 from neuroprint.specs import parse_spec
@@ -81,10 +81,6 @@ def _copy(source: Classifier) -> Classifier:
     return copy.deepcopy(source)
 
 
-def _last_linear(module: nn.Module) -> nn.Linear:
-    return [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
-
-
 def _fine_tune(mode: str, epochs: int, lr: float, seed: int) -> Removal:
     """FTLL/FTAL/RTLL/RTAL (Uchida et al. 2017). "Last layer" is the final linear layer; with BatchNorm
     architectures the running statistics of frozen layers still adapt to the attacker's data."""
@@ -92,7 +88,7 @@ def _fine_tune(mode: str, epochs: int, lr: float, seed: int) -> Removal:
 
     def derive(source: Classifier, attacker: DataSplits) -> Classifier:
         model = _copy(source)
-        last = _last_linear(model.module)
+        last = last_linear(model)
         if mode.startswith("rt"):
             torch.manual_seed(seed)
             last.reset_parameters()
