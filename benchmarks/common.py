@@ -1,11 +1,13 @@
-"""Shared benchmark helpers: interleaved timing (ratios in one run) and the provenance record."""
+"""Shared benchmark helpers: interleaved timing (ratios in one run), peak memory and the provenance record."""
 from __future__ import annotations
 
 import json
 import statistics
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import torch
 
@@ -30,3 +32,34 @@ def emit(record: dict[str, Any]) -> None:
     """Print one JSON line with versions, git hash and thread count added."""
     record = {**record, "threads": torch.get_num_threads(), "versions": versions(), "git": git_commit()}
     print(json.dumps(record), flush=True)
+
+
+class PeakRSS:
+    """Context manager: the peak resident set size (MiB) above the level at entry, sampled every 20 ms."""
+
+    def __enter__(self) -> Self:
+        self.base = self.peak = _rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mib())
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mib())
+
+    @property
+    def above_base(self) -> float:
+        return self.peak - self.base
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

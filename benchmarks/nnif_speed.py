@@ -20,54 +20,26 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nnif_speed.py   (about 15 min
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import torch
-from common import emit
+from common import PeakRSS, emit
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from neuroprint.attacks.adversarial_set import AdversarialSet
 from neuroprint.data import load_dataset
-from neuroprint.detectors.influence import LastLayerInfluence, forward_with_embedding, lissa_influence
+from neuroprint.detectors.influence import (
+    LastLayerInfluence,
+    LissaConfig,
+    forward_with_embedding,
+    lissa_influence,
+)
 from neuroprint.detectors.nnif import NNIFDetector
 from neuroprint.detectors.ranks import ranks_and_distances
 from neuroprint.models.checkpoint import load_checkpoint
-
-
-class PeakRSS:
-    """Context manager: the peak resident set size (MiB) above the level at entry, sampled every 20 ms."""
-
-    def __enter__(self) -> Self:
-        self.base = self.peak = _rss_mib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _rss_mib())
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mib())
-
-    @property
-    def above_base(self) -> float:
-        return self.peak - self.base
-
-
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def d_plus(embedding: torch.Tensor, train_embedding: torch.Tensor, helpful: torch.Tensor) -> torch.Tensor:
@@ -139,15 +111,13 @@ def main() -> None:
     subset = torch.randperm(len(x_train), generator=generator)[: args.lissa_train].sort().values
     with PeakRSS() as lissa_mem:
         start = time.perf_counter()
-        lissa = lissa_influence(
-            classifier, x[pick], pred[pick], x_train[subset], y_train[subset],
-            damping=args.damping, depth=args.depth, batch_size=args.batch_size, progress=True,
-        )
+        config = LissaConfig(damping=args.damping, depth=args.depth, batch_size=args.batch_size)
+        lissa = lissa_influence(classifier, x[pick], pred[pick], x_train[subset], y_train[subset], config, progress=True)
         lissa_total_s = time.perf_counter() - start
     # split the measured total into per-input inverse-HVP time and per-training-point gradient time
     start = time.perf_counter()
     lissa_influence(classifier, x[pick[:1]], pred[pick[:1]], x_train[subset[:256]], y_train[subset[:256]],
-                    damping=args.damping, scale=1.0, depth=0)
+                    LissaConfig(damping=args.damping, scale=1.0, depth=0))
     grad_s_per_train = (time.perf_counter() - start) / 256
     ihvp_s_per_input = (lissa_total_s - grad_s_per_train * len(subset)) / len(pick)
     lissa_per_input_50k = ihvp_s_per_input + grad_s_per_train * len(x_train) / args.n_inputs

@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from neuroprint.data import DataSplits
-from neuroprint.detectors.influence import LastLayerInfluence, forward_with_embedding, lissa_influence
+from neuroprint.detectors.influence import (
+    LastLayerInfluence,
+    LissaConfig,
+    forward_with_embedding,
+    lissa_influence,
+)
 from neuroprint.detectors.nnif import M_GRID, NNIFDetector
 from neuroprint.detectors.ranks import ranks_and_distances, squared_distances
 from neuroprint.errors import ConfigError, InputError
@@ -61,8 +66,15 @@ def test_lissa_converges_to_the_exact_influence_of_a_linear_model(digits: DataSp
     test_logits, test_h, _ = forward_with_embedding(linear, digits.test.x[:4])
     pred = test_logits.argmax(1)
     fast = LastLayerInfluence(damping=1.0).fit(h, logits, y_train).influence(test_h, test_logits, pred)
-    lissa = lissa_influence(linear, digits.test.x[:4], pred, x_train, y_train, damping=1.0, depth=300, batch_size=200)
+    lissa = lissa_influence(linear, digits.test.x[:4], pred, x_train, y_train, LissaConfig(damping=1.0, depth=300, batch_size=200))
     torch.testing.assert_close(lissa, fast, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("bad", [{"damping": -0.1}, {"scale": 0.0}, {"depth": -1}, {"batch_size": 0},
+                                 {"vectors_per_pass": 0}])
+def test_lissa_rejects_bad_settings(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        LissaConfig(**bad)
 
 
 def test_ranks_match_a_full_sort() -> None:
@@ -90,6 +102,16 @@ def test_nnif_chooses_m_by_cross_validation(tiny_classifier: Classifier, digits:
     assert sorted(det.m_auc_) == [5, 20] and det.m_ in (5, 20) and det.layers_ == ("embedding",)
     features = det.nnif_features(digits.test.x[:7])
     assert features.shape == (7, 4) and bool((features[:, [0, 2]] >= 1).all())
+    # sets from another influence method (the LiSSA reference path) replace the fast path's: its own sets agree
+    logits, embedding, _ = forward_with_embedding(tiny_classifier, digits.test.x[:7])
+    helpful, harmful = det.influence_.top(embedding, logits, logits.argmax(1), det.m_)
+    torch.testing.assert_close(det.nnif_features(digits.test.x[:7], helpful, harmful), features)
+    reversed_sets = det.nnif_features(digits.test.x[:7], harmful, helpful)
+    torch.testing.assert_close(reversed_sets, features[:, [2, 3, 0, 1]])
+    with pytest.raises(InputError, match="both"):
+        det.nnif_features(digits.test.x[:7], helpful)
+    with pytest.raises(InputError, match=r"\[7, M="):
+        det.nnif_features(digits.test.x[:7], helpful[:, :2], harmful[:, :2])
 
 
 def test_nnif_bad_configuration_and_data(tiny_classifier: Classifier, digits: DataSplits) -> None:

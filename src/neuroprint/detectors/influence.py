@@ -11,12 +11,14 @@ Two ways to compute it:
   `K(D+1)` square), damped and Cholesky-factorised once; the influence of all training points on a batch of inputs
   is then a few matrix products, streamed over chunks of the training set.
 - `lissa_influence` (the reference path): every parameter of the network, per-example gradients with torch.func,
-  and the LiSSA stochastic inverse-Hessian-vector product (Agarwal et al. 2017) that the NNIF reference code uses.
-  Slow: it exists to validate the fast path and to measure the speed-up (benchmarks/nnif_speed.py).
+  and the LiSSA stochastic inverse-Hessian-vector product (`lissa_inverse_hvp`, settings in `LissaConfig`; Agarwal
+  et al. 2017) that the NNIF reference code uses. Slow: it exists to validate the fast path and to measure the
+  speed-up (benchmarks/nnif_speed.py, benchmarks/nnif_lissa_detection.py).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -194,38 +196,72 @@ def per_example_gradients(classifier: Classifier, x: torch.Tensor, y: torch.Tens
                       for i in range(0, len(x), batch_size)])
 
 
-def lissa_influence(
+def hessian_vector_products(
     classifier: Classifier,
+    vectors: torch.Tensor,
     x: torch.Tensor,
-    labels: torch.Tensor,
+    y: torch.Tensor,
+    params: dict[str, torch.Tensor] | None = None,
+    loss: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """H v `[B, P]` for full-network vectors `[B, P]`, H the Hessian of the mean cross-entropy loss on (x, y)
+    (forward-over-reverse with torch.func; cost about 2-3 backward passes over `x` per vector)."""
+    params = params if params is not None else {k: v.detach() for k, v in classifier.named_parameters()}
+    loss = loss if loss is not None else _loss_fn(classifier)
+
+    def one(v: torch.Tensor) -> torch.Tensor:
+        return _flat(jvp(lambda p: grad(loss)(p, x, y), (params,), (_unflat(v, params),))[1])
+
+    return vmap(one)(vectors)
+
+
+@dataclass(frozen=True)
+class LissaConfig:
+    """Settings of the LiSSA inverse-Hessian-vector product (Agarwal et al. 2017), as the NNIF reference code uses it.
+
+    H (the Hessian of the mean training loss over all parameters) is estimated on seeded minibatches of
+    `batch_size` training points (all of them, without sampling, when `batch_size` >= the training set). The
+    recursion is h_j = v + h_{j-1} - (H + damping I) h_{j-1} / scale for `depth` steps, and s = h / scale. `damping`
+    means what it means in `LastLayerInfluence` (the reference code's recursion damps by `damping * scale` instead).
+    `scale=None` sets it to twice the largest Hessian eigenvalue (20 steps of power iteration) plus `damping`:
+    LiSSA converges only when scale exceeds half of the largest eigenvalue of H + damping I, at a rate of
+    1 - (smallest eigenvalue + damping) / scale per step, so `depth` must be several times
+    scale / (smallest eigenvalue + damping); a truncated recursion acts like a larger damping, about scale / depth.
+    Cost: `depth` Hessian-vector products on `batch_size` images per vector, `vectors_per_pass` vectors at a time.
+    """
+
+    damping: float = 0.01
+    scale: float | None = None
+    depth: int = 100
+    batch_size: int = 50
+    vectors_per_pass: int = 8
+    random_state: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.damping >= 0:
+            raise ConfigError(f"LiSSA damping must be >= 0, got {self.damping}")
+        if self.scale is not None and not self.scale > 0:
+            raise ConfigError(f"LiSSA scale must be > 0 (or None to estimate it), got {self.scale}")
+        for name in ("depth", "batch_size", "vectors_per_pass"):
+            if getattr(self, name) < (0 if name == "depth" else 1):
+                raise ConfigError(f"LiSSA {name} must be >= {0 if name == 'depth' else 1}, got {getattr(self, name)}")
+
+
+def lissa_inverse_hvp(
+    classifier: Classifier,
+    vectors: torch.Tensor,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    *,
-    damping: float = 0.01,
-    scale: float | None = None,
-    depth: int = 100,
-    batch_size: int = 50,
-    vectors_per_pass: int = 8,
-    random_state: int = 0,
+    config: LissaConfig = LissaConfig(),
     progress: bool = False,
 ) -> torch.Tensor:
-    """Full-network influence I(z, x) `[B, N_train]` of the training points `x_train` on inputs `x` labelled
-    `labels`, the NNIF reference way: s = (H + damping I)^-1 grad L(x) by LiSSA,
-    h_j = v + h_{j-1} - (H + damping I) h_{j-1} / scale for `depth` steps, with H estimated on seeded minibatches of
-    `batch_size` training points (all of them, without sampling, when `batch_size >= len(x_train)`), s = h / scale;
-    then I(z, x) = -s . grad L(z) with per-example training gradients. Each s is scaled to unit norm (as in the
-    fast path). `damping` means what it means in `LastLayerInfluence` (the reference code's recursion damps by
-    `damping * scale` instead).
-
-    `scale=None` sets it to twice the largest Hessian eigenvalue (estimated by 20 steps of power iteration) plus
-    `damping`: LiSSA converges only when scale exceeds half of the largest eigenvalue of H + damping I, at a rate of
-    1 - (smallest eigenvalue + damping) / scale per step. Cost: `depth` Hessian-vector products per input on
-    `batch_size` images, then one full-network gradient per training point.
-    """
+    """LiSSA (Agarwal et al. 2017) estimates of s = (H + damping I)^-1 v `[B, P]` for full-network vectors `[B, P]`
+    (settings in `LissaConfig`). The classifier must be in eval mode."""
+    damping, batch_size = config.damping, config.batch_size
     classifier.eval()
     params = {k: v.detach() for k, v in classifier.named_parameters()}
     loss = _loss_fn(classifier)
-    generator = torch.Generator().manual_seed(random_state)
+    generator = torch.Generator().manual_seed(config.random_state)
 
     def minibatch() -> tuple[torch.Tensor, torch.Tensor]:
         if batch_size >= len(x_train):
@@ -233,26 +269,40 @@ def lissa_influence(
         index = torch.randint(len(x_train), (batch_size,), generator=generator)
         return x_train[index], y_train[index]
 
-    def hvp(vectors: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        def one(v: torch.Tensor) -> torch.Tensor:
-            return _flat(jvp(lambda p: grad(loss)(p, xb, yb), (params,), (_unflat(v, params),))[1])
-
-        return vmap(one)(vectors)
-
+    scale = config.scale
     if scale is None:
-        v = torch.randn(1, sum(t.numel() for t in params.values()), generator=generator)
+        v = torch.randn(1, vectors.shape[1], generator=generator)
         for _ in range(20):
-            v = hvp(v / v.norm(), *minibatch())
+            v = hessian_vector_products(classifier, v / v.norm(), *minibatch(), params, loss)
         scale = 2.0 * float(v.norm()) + damping
-    tests = per_example_gradients(classifier, x, labels)
     solved = []
-    for start in tqdm(range(0, len(tests), vectors_per_pass), desc="lissa", disable=not progress, unit="pass"):
-        v = tests[start : start + vectors_per_pass]
+    per_pass = config.vectors_per_pass
+    for start in tqdm(range(0, len(vectors), per_pass), desc="lissa", disable=not progress, unit="pass"):
+        v = vectors[start : start + per_pass]
         h = v.clone()
-        for _ in range(depth):
-            h = v + (1.0 - damping / scale) * h - hvp(h, *minibatch()) / scale
+        for _ in range(config.depth):
+            h = v + (1.0 - damping / scale) * h - hessian_vector_products(classifier, h, *minibatch(), params, loss) / scale
         solved.append(h / scale)
-    s = torch.cat(solved)
+    return torch.cat(solved)
+
+
+def lissa_influence(
+    classifier: Classifier,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    config: LissaConfig = LissaConfig(),
+    progress: bool = False,
+) -> torch.Tensor:
+    """Full-network influence I(z, x) `[B, N_train]` of the training points `x_train` on inputs `x` labelled
+    `labels`, the NNIF reference way: s = (H + damping I)^-1 grad L(x) by `lissa_inverse_hvp` (settings in
+    `config`), then I(z, x) = -s . grad L(z) with per-example training gradients. Each s is scaled to unit
+    norm (as in the fast path). Cost: the LiSSA recursion per input, then one full-network gradient per training
+    point, shared by all inputs.
+    """
+    tests = per_example_gradients(classifier, x, labels)
+    s = lissa_inverse_hvp(classifier, tests, x_train, y_train, config, progress)
     s = s / s.norm(dim=1, keepdim=True)
     blocks = []
     for start in tqdm(range(0, len(x_train), 256), desc="train gradients", disable=not progress, unit="chunk"):

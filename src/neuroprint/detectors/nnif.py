@@ -130,9 +130,13 @@ class NNIFDetector(Detector):
         return influence, ({EMBEDDING: embedding} if self.embedding_only else acts)
 
     # -- features -----------------------------------------------------------------------------------------------
-    def _raw_features(self, classifier: Classifier, x: torch.Tensor, m: int, progress: bool = False) -> torch.Tensor:
+    def _raw_features(
+        self, classifier: Classifier, x: torch.Tensor, m: int, progress: bool = False,
+        chosen_sets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`[N, L, 4, m]`: per layer, ranks and distances of the `m` most helpful then the `m` most harmful training
-        points, each list ordered from the most influential (float32)."""
+        points, each list ordered from the most influential (float32). The sets come from the last-layer influence,
+        or from `chosen_sets` `[N, 2m]` (helpful then harmful training indices) when given."""
         out = []
         blocks = range(0, len(x), _BATCH)
         for start in tqdm(blocks, desc="nnif features", disable=not progress or len(blocks) < 2, unit="batch"):
@@ -140,8 +144,11 @@ class NNIFDetector(Detector):
             logits, embedding, acts = forward_with_embedding(classifier, x[start : start + _BATCH], named, self.pooling)
             if self.embedding_only:
                 acts = {EMBEDDING: embedding}
-            helpful, harmful = self.influence_.top(embedding, logits, logits.argmax(1), m)
-            chosen = torch.cat([helpful, harmful], dim=1)  # [b, 2m]
+            if chosen_sets is None:
+                helpful, harmful = self.influence_.top(embedding, logits, logits.argmax(1), m)
+                chosen = torch.cat([helpful, harmful], dim=1)  # [b, 2m]
+            else:
+                chosen = chosen_sets[start : start + _BATCH]
             per_layer = []
             for layer in self.layers_:
                 ranks, dists = ranks_and_distances(acts[layer], self.train_acts_[layer], chosen)
@@ -155,12 +162,25 @@ class NNIFDetector(Detector):
         then of the `m` most harmful training points (Alg. 1 NNFEATURES, averaged as in the reference code)."""
         return raw[..., :m].mean(-1).flatten(1)
 
-    def nnif_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NNIF features `[N, 4L]` of images `x` at the chosen M, in layer order (R+, D+, R-, D- per layer)."""
+    def nnif_features(
+        self, x: torch.Tensor, helpful: torch.Tensor | None = None, harmful: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """NNIF features `[N, 4L]` of images `x` at the chosen M, in layer order (R+, D+, R-, D- per layer).
+
+        `helpful` and `harmful` `[N, M]` (training-set indices, most influential first) replace the last-layer
+        influence's sets, e.g. with those of the full-network LiSSA reference path (`lissa_influence`)."""
         self._check_fitted()
         self.classifier_.check_input(x)
+        chosen = None
+        if (helpful is None) != (harmful is None):
+            raise InputError("give both helpful and harmful training-point sets, or neither")
+        if helpful is not None and harmful is not None:
+            if helpful.shape != (len(x), self.m_) or harmful.shape != (len(x), self.m_):
+                raise InputError(f"helpful and harmful sets must be [{len(x)}, M={self.m_}], got "
+                                 f"{list(helpful.shape)} and {list(harmful.shape)}")
+            chosen = torch.cat([helpful, harmful], dim=1).long()
         with torch.no_grad():
-            return self._features(self._raw_features(self.classifier_, x.detach(), self.m_), self.m_)
+            return self._features(self._raw_features(self.classifier_, x.detach(), self.m_, chosen_sets=chosen), self.m_)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Adversarial score `[N]` (logit; higher = more adversarial) of images `x` `[N, C, H, W]` in [0, 1]."""
