@@ -7,12 +7,13 @@ detector-aware PGD (`neuroprint.attacks.adaptive.DetectorAwarePGD`) through its 
 Thresholds: 5% FPR on held-out clean validation images. Reported per (attack, defender): attack success
 (misclassified), detection rate among successful examples, evasion (misclassified and not flagged).
 
-Run: .venv/bin/python benchmarks/bank_adaptive.py [--n-test 600 --steps 100 --c 1 0.01 0.0001 0.000001]
+Run: .venv/bin/python benchmarks/bank_adaptive.py [--n-test 600 --steps 100 --c 1 0.01 0.0001 0.000001 --bank SPEC]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ def main() -> None:
                         help="weights of the detector score in the attack loss (one attack each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    parser.add_argument("--bank", default="bank", help="the bank's spec (default: the default bank)")
     args = parser.parse_args()
 
     data = load_dataset("mnist")
@@ -46,7 +48,12 @@ def main() -> None:
     holdout = torch.rand(len(clean), generator=torch.Generator().manual_seed(args.seed + 2)) < 0.25
     calib, fit = clean.subset(holdout), clean.subset(~holdout)
     pgd_val, _ = cached_adversarial_set(clf, model_dir.name, "pgd", data.val, "val", adv_idx, args.cache, 256, False)
-    bank = make_detector("bank", random_state=args.seed).fit(clf, fit.x, fit.y, pgd_val.x_adv[pgd_val.success])
+    start = time.perf_counter()
+    bank = make_detector(args.bank, random_state=args.seed).fit(clf, fit.x, fit.y, pgd_val.x_adv[pgd_val.success])
+    emit({"benchmark": "bank_adaptive", "bank": args.bank, "params": bank.get_params(), "layers": bank.layers_,
+          "fit_seconds": time.perf_counter() - start, "n_fit_clean": len(fit.x),
+          "n_fit_adv": int(pgd_val.success.sum()), "fingerprints_per_class": bank.bank_sizes_.tolist(),
+          "bank_bytes": bank.memory_bytes})
 
     defenders = {}
     for sampling in ("fixed", "secure"):
@@ -72,7 +79,7 @@ def main() -> None:
                 clean_scores, adv_scores = defender.score(test_clean.x), defender.score(x_ok)
             flagged = adv_scores > defender.threshold_
             emit({
-                "benchmark": "bank_adaptive", "attack": attack_name, "defender": sampling, "c": c,
+                "benchmark": "bank_adaptive", "bank": args.bank, "attack": attack_name, "defender": sampling, "c": c,
                 "steps": args.steps, "n_attacked": len(sources), "success_rate": result.success_rate,
                 "detected_among_successful": float(flagged.float().mean()),
                 "evasion_rate": float((~flagged).sum()) / len(sources),

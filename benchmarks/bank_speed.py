@@ -2,9 +2,11 @@
 
 Targets (issue 3): scoring <= 1.10x a forward pass of mnist-net (batch 256, ratio in one run); building banks for
 10 classes x 10,000 candidates in under 60 s on 2 cores. Weights and activations are random: cost does not
-depend on their values.
+depend on their values. The default `bank` (every layer, whitened, shift score, k = 100, max_uses = 100) is timed
+with its whitening matrices (their fit is part of the build time); `--authors-config` times the authors' setting
+(`bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none`).
 
-Run: .venv/bin/python benchmarks/bank_speed.py
+Run: .venv/bin/python benchmarks/bank_speed.py [--authors-config]
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 import torch
 from common import emit, interleaved_medians
 
-from neuroprint.detectors.bank import BankDetector, authors_default_layers
+from neuroprint.detectors.bank import BankDetector
 from neuroprint.models import Classifier, build_model
 
 
@@ -25,13 +27,14 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=10000)
     parser.add_argument("--per-class", type=int, default=100, help="clean and adversarial examples per class")
     parser.add_argument("--authors-config", action="store_true",
-                        help="the authors' fingerprints: d=50 neurons of the flattened, concatenated layers")
+                        help="the authors' setting: d=50 neurons of the flattened, concatenated layers, lr, k=30")
     args = parser.parse_args()
     torch.manual_seed(0)
     clf = Classifier(build_model("mnist-net"), mean=[0.1307], std=[0.3081])
-    shape = {"pooling": "flatten", "subset": "concat", "d": 50} if args.authors_config else {}
-    det = BankDetector(n_candidates=args.candidates, **shape)  # type: ignore[arg-type]
-    det.classifier_, det.layers_ = clf, authors_default_layers(clf)
+    authors = {"layers": ["authors"], "pooling": "flatten", "subset": "concat", "d": 50, "whiten": False,
+               "score_kind": "lr", "k": 30, "max_uses": None}
+    det = BankDetector(n_candidates=args.candidates, **(authors if args.authors_config else {}))  # type: ignore[arg-type]
+    det.classifier_, det.layers_ = clf, det._resolve_layers(clf)
     x = torch.rand(args.batch, 1, 28, 28)
     widths = det._batched_features(x[:2])[2]
     det._check_widths(widths)
@@ -39,11 +42,15 @@ def main() -> None:
 
     # construction: synthetic activations where a tenth of the neurons shift under attack
     gen = torch.Generator().manual_seed(0)
+    n_classes = clf.num_classes
+    clean = torch.randn(n_classes * args.per_class, total, generator=gen)
+    labels = torch.arange(n_classes).repeat_interleave(args.per_class)
+    adv = torch.randn(n_classes * args.per_class, total, generator=gen) + (torch.rand(total, generator=gen) < 0.1) * 2.0
     banks, start = [], time.perf_counter()
-    for _ in range(clf.num_classes):
-        clean = torch.randn(args.per_class, total, generator=gen)
-        adv = torch.randn(args.per_class, total, generator=gen) + (torch.rand(total, generator=gen) < 0.1) * 2.0
-        banks.append(det._build_bank(clean, adv, widths, gen))
+    det.whiteners_ = det._whiteners(clean, labels, widths, n_classes) if det.whiten else ()
+    clean, adv = det._whitened(clean), det._whitened(adv)
+    for c in range(n_classes):
+        banks.append(det._build_bank(clean[labels == c], adv[labels == c], widths, gen))
     build_seconds = time.perf_counter() - start
     det._set_banks(banks)
     det.fit_report_ = {}
@@ -58,6 +65,9 @@ def main() -> None:
             "pooling": det.pooling,
             "subset": det.subset,
             "k": det.k,
+            "whiten": det.whiten,
+            "score_kind": det.score_kind,
+            "max_uses": det.max_uses,
             "layers": det.layers_,
             "neurons": total,
             "forward_ms": 1e3 * medians["forward"],

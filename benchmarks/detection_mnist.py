@@ -4,7 +4,8 @@ Phases (each writes `<out>/<phase>.json` and `<out>/<phase>.md` as soon as it fi
 cached under `<out>/cache`, so later phases and re-runs only fit detectors):
   main      every detector fit and tested per attack (the Table-1 layout)
   fit-pgd   fit on PGD only, tested on every attack; fit-fgsm likewise with FGSM
-  bank-grid fingerprint-bank variants (d, k, bank size, layers, score, randomisation), fit on PGD, tested on all
+  bank-grid fingerprint-bank variants around the default (d, k, bank size, layers, whitening, score, neuron
+            reuse, randomisation; the previous default and the authors' setting last), fit on PGD, tested on all
 
 Run: .venv/bin/python benchmarks/detection_mnist.py --n 2000 --device cpu   (about an hour on 2 CPU cores;
 minutes on a GPU with --device cuda)
@@ -21,23 +22,31 @@ from neuroprint.evaluation.report import markdown_table, write_outputs
 
 ATTACKS = ["fgsm", "bim-a", "bim-b", "pgd", "mifgsm", "cw", "deepfool", "jsma", "ead"]
 DETECTORS = ["lid", "lid:n_batches=5", "mahalanobis", "bank"]
-BANK_GRID = [
+BANK_GRID = [  # the default, then one change at a time (its parameters: bank.py)
     "bank",
     "bank:d=1",
+    "bank:d=2",
+    "bank:d=5",
     "bank:d=10",
-    "bank:d=30",
-    "bank:k=5",
-    "bank:k=100",
-    "bank:bank_size=100",
+    "bank:k=30",
+    "bank:k=300",
     "bank:bank_size=500",
+    "bank:bank_size=5000",
+    "bank:layers=authors",
+    "bank:layers=conv1+conv2+conv3+conv4",
     "bank:layers=fc1+fc2+logits",
-    "bank:layers=conv3+conv4",
     "bank:pooling=flatten",
-    "bank:pooling=flatten,subset=concat,d=50",
+    "bank:whiten=false",
+    "bank:score_kind=lr",
     "bank:score_kind=vote",
     "bank:score_kind=anomaly",
+    "bank:back_weight=0",
+    "bank:back_weight=1",
+    "bank:max_uses=none",
     "bank:sampling=all",
     "bank:sampling=fixed",
+    "bank:layers=authors,whiten=false,score_kind=lr,k=30,max_uses=none",
+    "bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none",
 ]
 PHASES = ("main", "fit-pgd", "fit-fgsm", "bank-grid")
 

@@ -54,8 +54,9 @@ def test_bank_keeps_at_most_bank_size() -> None:
     assert all(len(set(row.tolist())) == 3 for row in bank["index"])  # distinct neurons within a fingerprint
 
 
-def fitted_by_hand(sampling: str = "all", score_kind: str = "lr") -> BankDetector:
-    det = BankDetector(layers=["flat"], d=2, k=2, bank_size=2, sampling=sampling, score_kind=score_kind)  # type: ignore[arg-type]
+def fitted_by_hand(sampling: str = "all", score_kind: str = "lr", back_weight: float = 0.3) -> BankDetector:
+    det = BankDetector(layers=["flat"], d=2, k=2, bank_size=2, sampling=sampling, score_kind=score_kind,  # type: ignore[arg-type]
+                       back_weight=back_weight)
     det.classifier_ = pixel_classifier()
     det.layers_ = ["flat"]
     det.fit_report_ = {}
@@ -84,6 +85,55 @@ def test_score_against_hand_computation() -> None:
     assert fitted_by_hand(score_kind="anomaly").score(x).item() == pytest.approx(anomaly, rel=1e-5)
     # |z| clean vs adversarial: fp0 0.3/1 < 0.7/2 -> clean closer; fp1 0.8/0.5 > 1.2/1 -> adversarial closer
     assert fitted_by_hand(score_kind="vote").score(x).item() == pytest.approx(0.5)
+
+
+def test_shift_score_against_hand_computation() -> None:
+    x = torch.tensor([[[[0.2, 0.4], [0.6, 1.0]]]])  # class 0; both fingerprints moved up (+) at fit time
+    z = [((0.2 + 0.4) / 2 - 0) / 1, ((0.6 + 1.0) / 2 - 0) / 0.5]  # both above the clean mean: counted in full
+    assert fitted_by_hand(score_kind="shift").score(x).item() == pytest.approx(sum(z), rel=1e-5)
+    # class 1: the fingerprint moved down (mu_adv 0 < mu_clean 0.5); a value of 0.45 is z = -0.5, i.e. +0.5 "toward"
+    toward = torch.tensor([[[[0.9, 0.4], [0.5, 1.0]]]])
+    assert fitted_by_hand(score_kind="shift").score(toward).item() == pytest.approx(0.5, rel=1e-5)
+    # a value of 0.9 is z = +4 *against* the fitted direction: weighted by back_weight
+    against = torch.tensor([[[[0.9, 0.9], [0.9, 1.0]]]])
+    assert fitted_by_hand(score_kind="shift", back_weight=0.3).score(against).item() == pytest.approx(1.2, rel=1e-5)
+    assert fitted_by_hand(score_kind="shift", back_weight=0.0).score(against).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_max_uses_keeps_the_greedy_least_reused_fingerprints() -> None:
+    gen = torch.Generator().manual_seed(0)
+    clean, adv = torch.randn(60, 12, generator=gen), torch.randn(60, 12, generator=gen)
+    adv[:, :6] += torch.linspace(1.0, 3.0, 6)  # neurons 0..5 separate, the strongest most
+    ranked = BankDetector(d=2, n_candidates=300, bank_size=1000, k=1)._build_bank(clean, adv, [12], torch.Generator().manual_seed(1))
+    bank = BankDetector(d=2, n_candidates=300, bank_size=8, k=1, max_uses=2)._build_bank(
+        clean, adv, [12], torch.Generator().manual_seed(1))
+    uses, expected = [0] * 12, []
+    for row in ranked["index"].tolist():  # the rule by hand: best |d| first, each neuron in at most 2 kept
+        if all(uses[j] < 2 for j in row) and len(expected) < 8:
+            expected.append(row)
+            for j in row:
+                uses[j] += 1
+    assert bank["index"].tolist() == expected and 0 < len(expected) <= 8
+    assert max(np.bincount(bank["index"].flatten().numpy(), minlength=12)) <= 2
+    assert max(np.bincount(ranked["index"][:8].flatten().numpy(), minlength=12)) > 2  # plain top |d|: reuse
+
+
+def test_whiteners_decorrelate_the_clean_classes() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 2
+    mix = torch.tensor([[1.0, 0.9, 0.0], [0.0, 0.4, 0.0], [0.0, 0.0, 2.0]])
+    f = torch.randn(400, 5, generator=gen)
+    f[:, :3] = f[:, :3] @ mix + 3.0 * y[:, None]  # layer A (3 neurons): correlated, class-shifted; layer B: 2 neurons
+    det = BankDetector(whiten=True, shrinkage=0.0)
+    det.whiteners_ = det._whiteners(f, y, [3, 2], 2)
+    assert [tuple(w.shape) for w in det.whiteners_] == [(3, 3), (2, 2)]
+    assert torch.allclose(det.whiteners_[0], det.whiteners_[0].T, atol=1e-5)  # ZCA: symmetric
+    white = det._whitened(f)
+    centred = torch.cat([white[y == c] - white[y == c].mean(0) for c in (0, 1)])
+    cov = centred.T @ centred / (400 - 2)  # within-class covariance: identity inside each layer
+    assert torch.allclose(cov[:3, :3], torch.eye(3), atol=1e-4) and torch.allclose(cov[3:, 3:], torch.eye(2), atol=1e-4)
+    shrunk = BankDetector(whiten=True, shrinkage=1.0)._whiteners(f, y, [3, 2], 2)[0]
+    assert torch.allclose(shrunk, torch.diag(torch.diag(shrunk)))  # full shrinkage: per-neuron scaling only
 
 
 def test_score_ignores_padding_of_smaller_banks() -> None:
@@ -147,6 +197,31 @@ def test_scores_are_finite_differentiable_and_round_trip(
     assert again.fit_report_ == det.fit_report_
 
 
+def test_whitened_decorrelated_shift_bank_fits_scores_and_round_trips(
+    fitted_bank: tuple[BankDetector, torch.Tensor], tiny_classifier: Classifier, digits: DataSplits, tmp_path: Path
+) -> None:
+    from neuroprint.attacks import build_adversarial_set, make_attack
+
+    adv = build_adversarial_set(tiny_classifier, make_attack("pgd:eps=0.3,steps=10"), digits.val.x[:150],
+                                digits.val.y[:150]).successful()
+    det = BankDetector(d=2, n_candidates=1500, bank_size=300, k=10, min_adv=5, max_p=0.01, min_effect=0.8,
+                       whiten=True, score_kind="shift", max_uses=20)
+    det.fit(tiny_classifier, digits.val.x[150:], digits.val.y[150:], adv.x_adv)
+    assert len(det.whiteners_) == len(det.layers_)
+    for c, size in enumerate(det.bank_sizes_.tolist()):
+        counts = np.bincount(det.index_[c, :size].flatten().numpy())
+        assert counts.max() <= 20
+    x = fitted_bank[1]
+    xg = x.clone().requires_grad_(True)
+    scores = det.score(xg)
+    assert scores.shape == (len(x),) and torch.isfinite(scores).all() and (scores >= 0).all()
+    scores.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    det.save(tmp_path / "bank")
+    again = Detector.load(tmp_path / "bank", det.classifier_)
+    assert len(again.whiteners_) == len(det.whiteners_) and torch.equal(again.score(x), scores.detach())
+
+
 def test_fallback_for_classes_without_adversarial_examples(tiny_classifier: Classifier, digits: DataSplits) -> None:
     from neuroprint.attacks import build_adversarial_set, make_attack
 
@@ -178,6 +253,40 @@ def test_authors_default_layers(tiny_classifier: Classifier) -> None:
     assert authors_default_layers(tiny_classifier) == ["conv2", "fc1"]
 
 
+def test_default_reads_every_classifier_layer_and_authors_gives_the_authors_rule(
+    fitted_bank: tuple[BankDetector, torch.Tensor], tiny_classifier: Classifier
+) -> None:
+    from neuroprint.detectors import make_detector
+    from neuroprint.models import build_model
+
+    det, _ = fitted_bank  # built with layers=None
+    assert det.layers_ == list(tiny_classifier.layers) and len(det.layers_) > len(authors_default_layers(tiny_classifier))
+    default = BankDetector()  # the setting measured on MNIST (BENCHMARKS.md)
+    assert (default.layers, default.whiten, default.score_kind, default.k, default.max_uses) == (None, True, "shift", 100, 100)
+    assert (default.d, default.pooling, default.subset, default.bank_size, default.n_candidates) == (3, "avg", "layer", 2000, 10000)
+    mnist = Classifier(build_model("mnist-net"))
+    assert BankDetector()._resolve_layers(mnist) == ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "logits"]
+    for spec in ("bank:layers=authors", "bank:layers=authors,max_uses=none", "bank:layers=authors,max_uses=0"):
+        authors = make_detector(spec)
+        assert authors.layers == ["authors"] and authors._resolve_layers(mnist) == authors_default_layers(mnist)
+        assert authors_default_layers(mnist) == ["conv3", "conv4", "fc1", "fc2", "logits"]
+    assert make_detector("bank:layers=authors,max_uses=none").max_uses is None
+    assert make_detector("bank:layers=authors,max_uses=0").max_uses is None  # 0: no cap
+    assert make_detector("bank:layers=fc1").layers == ["fc1"]  # one name from a spec: one layer, not its letters
+
+
+def test_wide_layers_are_scaled_per_neuron_instead_of_whitened() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    f = torch.randn(300, 4 + 4100, generator=gen) * torch.linspace(0.5, 3.0, 4104)
+    det = BankDetector()
+    det.whiteners_ = det._whiteners(f, y, [4, 4100], 3)
+    assert tuple(det.whiteners_[0].shape) == (4, 4) and tuple(det.whiteners_[1].shape) == (4100,)
+    white = det._whitened(f)[:, 4:]
+    centred = torch.cat([white[y == c] - white[y == c].mean(0) for c in range(3)])
+    assert torch.allclose((centred**2).sum(0) / (300 - 3), torch.ones(4100), atol=1e-3)  # unit within-class variance
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -187,6 +296,11 @@ def test_authors_default_layers(tiny_classifier: Classifier) -> None:
         ({"sampling": "random"}, "unknown sampling"),
         ({"max_p": 0.0}, "max_p"),
         ({"min_effect": -1.0}, "min_effect"),
+        ({"score_kind": "shift", "back_weight": 1.5}, "back_weight must be in"),
+        ({"shrinkage": -0.1}, "shrinkage must be in"),
+        ({"whiten": "yes"}, "whiten must be true or false"),
+        ({"max_uses": -1}, "max_uses must be"),
+        ({"layers": []}, "layers must be a non-empty list"),
     ],
 )
 def test_bad_parameters(kwargs: dict, match: str) -> None:
