@@ -45,9 +45,10 @@ n = 2000, seed 0; BENCHMARKS.md): every named feature layer of the classifier (`
 fc1, fc2, logits on mnist-net), d = 3 average-pooled channels of one layer, whitening, the shift score, k = 100,
 max_uses = 100. Fit per attack, AUC >= 99.55 on all nine attacks (EAD lowest); fit on PGD only >= 97.01 (JSMA
 lowest), on FGSM only >= 98.20. The margins are thin: on a second data draw (seed 1) EAD fit on PGD only
-reaches 96.16. The previous default (the authors' layers, no whitening, likelihood ratio, k = 30) reached only 74.8-84.3 on CW, DeepFool, JSMA, EAD
-and BIM-a after fitting on PGD: conv1/conv2 (outside the authors' layer rule) and the within-class correlation
-structure carry most of the signal for minimal-perturbation attacks. The authors' complete configuration is
+reaches 96.16. The previous default (the authors' layers, no whitening, likelihood ratio, k = 30) reached only
+74.8-84.3 on CW, DeepFool, JSMA, EAD and BIM-a after fitting on PGD: conv1/conv2 (outside the authors' layer
+rule) and the within-class correlation structure carry most of the signal for minimal-perturbation attacks. The
+authors' complete configuration is
 
     bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none
 
