@@ -11,6 +11,7 @@ from typing import Any, Self
 
 import torch
 
+from neuroprint.attacks.adversarial_set import AdversarialSet
 from neuroprint.io import git_commit, versions
 
 
@@ -63,3 +64,9 @@ def _rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def load_cached_attack(cache: Path, model_name: str, attack: str, split: str) -> AdversarialSet:
+    """The one adversarial set of `attack` on `split` that benchmarks/detection_mnist.py cached under `cache`."""
+    (path,) = sorted((cache / "adv" / model_name).glob(f"{attack}-{split}-*.json"))
+    return AdversarialSet.load(path.with_suffix(""))

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import emit
+from common import emit, load_cached_attack
 
-from neuroprint.attacks.adversarial_set import AdversarialSet
 from neuroprint.attacks.cw_opt import CWOpt
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
@@ -45,9 +44,8 @@ def main() -> None:
     (model_dir,) = sorted((args.cache / "models").iterdir())
     classifier, _ = load_checkpoint(model_dir)
     data = load_dataset("mnist")
-    adv_dir = args.cache / "adv" / model_dir.name
-    cw_val = AdversarialSet.load(next(adv_dir.glob("cw-val-*.json")).with_suffix(""))
-    cw_test = AdversarialSet.load(next(adv_dir.glob("cw-test-*.json")).with_suffix(""))
+    cw_val = load_cached_attack(args.cache, model_dir.name, "cw", "val")
+    cw_test = load_cached_attack(args.cache, model_dir.name, "cw", "test")
 
     val_clean_idx, _ = draw_sources(len(data.val), 2000, args.seed)  # the splits of detection_mnist.py
     test_clean_idx, _ = draw_sources(len(data.test), 2000, args.seed + 1)

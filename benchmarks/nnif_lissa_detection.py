@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import PeakRSS, emit
+from common import PeakRSS, emit, load_cached_attack
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -36,7 +36,6 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from neuroprint.attacks.adversarial_set import AdversarialSet
 from neuroprint.data import load_dataset
 from neuroprint.detectors.influence import (
     LissaConfig,
@@ -62,11 +61,6 @@ def own_head_auc(features: torch.Tensor, is_adv: torch.Tensor) -> float:
     return auc(proba, is_adv)
 
 
-def load_attack(cache: Path, model_name: str, attack: str, split: str) -> AdversarialSet:
-    (path,) = sorted((cache / "adv" / model_name).glob(f"{attack}-{split}-*.json"))
-    return AdversarialSet.load(path.with_suffix(""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=Path("runs/bench/detection/cache"))
@@ -88,7 +82,7 @@ def main() -> None:
     data = load_dataset("mnist")
     x_train, y_train = data.train.x[: args.n_train], data.train.y[: args.n_train]
     half = args.n_inputs // 2
-    tests = {attack: load_attack(args.cache, model_dir.name, attack, "test") for attack in args.attacks}
+    tests = {attack: load_cached_attack(args.cache, model_dir.name, attack, "test") for attack in args.attacks}
     attacked = torch.cat([t.source_index for t in tests.values()]).unique()
     correct = (classifier.predict(data.test.x) == data.test.y).nonzero().flatten()
     clean_index = correct[~torch.isin(correct, attacked)][:half]
@@ -114,7 +108,7 @@ def main() -> None:
 
     records = []
     for attack in args.attacks:
-        val = load_attack(args.cache, model_dir.name, attack, "val")
+        val = load_cached_attack(args.cache, model_dir.name, attack, "val")
         x_adv_fit = val.x_adv[val.success][: args.n_fit]
         val_correct = (classifier.predict(data.val.x) == data.val.y).nonzero().flatten()
         fit_index = val_correct[~torch.isin(val_correct, val.source_index)][: args.n_fit]

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import PeakRSS, emit
+from common import PeakRSS, emit, load_cached_attack
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from neuroprint.attacks.adversarial_set import AdversarialSet
 from neuroprint.data import load_dataset
 from neuroprint.detectors.influence import (
     LastLayerInfluence,
@@ -70,8 +69,7 @@ def main() -> None:
     (model_dir,) = sorted((args.cache / "models").iterdir())
     classifier, _ = load_checkpoint(model_dir)
     data = load_dataset("mnist")
-    (pgd_path,) = sorted((args.cache / "adv" / model_dir.name).glob("pgd-test-*.json"))
-    pgd = AdversarialSet.load(pgd_path.with_suffix(""))
+    pgd = load_cached_attack(args.cache, model_dir.name, "pgd", "test")
     half = args.n_inputs // 2
     correct = (classifier.predict(data.test.x) == data.test.y).nonzero().flatten()
     clean = data.test.x[correct[:half]]

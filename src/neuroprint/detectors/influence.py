@@ -242,9 +242,10 @@ class LissaConfig:
             raise ConfigError(f"LiSSA damping must be >= 0, got {self.damping}")
         if self.scale is not None and not self.scale > 0:
             raise ConfigError(f"LiSSA scale must be > 0 (or None to estimate it), got {self.scale}")
-        for name in ("depth", "batch_size", "vectors_per_pass"):
-            if getattr(self, name) < (0 if name == "depth" else 1):
-                raise ConfigError(f"LiSSA {name} must be >= {0 if name == 'depth' else 1}, got {getattr(self, name)}")
+        for name, value, minimum in (("depth", self.depth, 0), ("batch_size", self.batch_size, 1),
+                                     ("vectors_per_pass", self.vectors_per_pass, 1)):
+            if value < minimum:
+                raise ConfigError(f"LiSSA {name} must be >= {minimum}, got {value}")
 
 
 def lissa_inverse_hvp(
