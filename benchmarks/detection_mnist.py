@@ -35,6 +35,7 @@ BANK_GRID = [  # the default, then one change at a time (its parameters: bank.py
     "bank:layers=authors",
     "bank:layers=conv1+conv2+conv3+conv4",
     "bank:layers=fc1+fc2+logits",
+    "bank:pooling=avg",
     "bank:pooling=flatten",
     "bank:whiten=false",
     "bank:score_kind=lr",
@@ -42,10 +43,13 @@ BANK_GRID = [  # the default, then one change at a time (its parameters: bank.py
     "bank:score_kind=anomaly",
     "bank:back_weight=0",
     "bank:back_weight=1",
+    "bank:z_cap=none",
+    "bank:max_uses=100",
     "bank:max_uses=none",
     "bank:sampling=all",
     "bank:sampling=fixed",
-    "bank:layers=authors,whiten=false,score_kind=lr,k=30,max_uses=none",
+    "bank:pooling=avg,max_uses=100,z_cap=none",
+    "bank:layers=authors,pooling=avg,whiten=false,score_kind=lr,k=30,max_uses=none",
     "bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none",
 ]
 PHASES = ("main", "fit-pgd", "fit-fgsm", "bank-grid")

@@ -54,9 +54,10 @@ def test_bank_keeps_at_most_bank_size() -> None:
     assert all(len(set(row.tolist())) == 3 for row in bank["index"])  # distinct neurons within a fingerprint
 
 
-def fitted_by_hand(sampling: str = "all", score_kind: str = "lr", back_weight: float = 0.3) -> BankDetector:
+def fitted_by_hand(sampling: str = "all", score_kind: str = "lr", back_weight: float = 0.3,
+                   z_cap: float | None = 3.0) -> BankDetector:
     det = BankDetector(layers=["flat"], d=2, k=2, bank_size=2, sampling=sampling, score_kind=score_kind,  # type: ignore[arg-type]
-                       back_weight=back_weight)
+                       back_weight=back_weight, z_cap=z_cap)
     det.classifier_ = pixel_classifier()
     det.layers_ = ["flat"]
     det.fit_report_ = {}
@@ -98,6 +99,10 @@ def test_shift_score_against_hand_computation() -> None:
     against = torch.tensor([[[[0.9, 0.9], [0.9, 1.0]]]])
     assert fitted_by_hand(score_kind="shift", back_weight=0.3).score(against).item() == pytest.approx(1.2, rel=1e-5)
     assert fitted_by_hand(score_kind="shift", back_weight=0.0).score(against).item() == pytest.approx(0.0, abs=1e-6)
+    # z_cap bounds every fingerprint's contribution: min(0.3, 1) + min(1.6, 1); min(0.3 * 4, 1); no cap: 1.2
+    assert fitted_by_hand(score_kind="shift", z_cap=1.0).score(x).item() == pytest.approx(1.3, rel=1e-5)
+    assert fitted_by_hand(score_kind="shift", z_cap=1.0).score(against).item() == pytest.approx(1.0, rel=1e-5)
+    assert fitted_by_hand(score_kind="shift", z_cap=None).score(against).item() == pytest.approx(1.2, rel=1e-5)
 
 
 def test_max_uses_keeps_the_greedy_least_reused_fingerprints() -> None:
@@ -262,8 +267,9 @@ def test_default_reads_every_classifier_layer_and_authors_gives_the_authors_rule
     det, _ = fitted_bank  # built with layers=None
     assert det.layers_ == list(tiny_classifier.layers) and len(det.layers_) > len(authors_default_layers(tiny_classifier))
     default = BankDetector()  # the setting measured on MNIST (BENCHMARKS.md)
-    assert (default.layers, default.whiten, default.score_kind, default.k, default.max_uses) == (None, True, "shift", 100, 100)
-    assert (default.d, default.pooling, default.subset, default.bank_size, default.n_candidates) == (3, "avg", "layer", 2000, 10000)
+    assert (default.layers, default.whiten, default.score_kind, default.k, default.max_uses) == (None, True, "shift", 100, 30)
+    assert (default.d, default.pooling, default.subset, default.bank_size, default.n_candidates) == (3, "stats", "layer", 2000, 10000)
+    assert default.z_cap == 3.0 and make_detector("bank:z_cap=none").z_cap is None and make_detector("bank:z_cap=0").z_cap is None
     mnist = Classifier(build_model("mnist-net"))
     assert BankDetector()._resolve_layers(mnist) == ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "logits"]
     for spec in ("bank:layers=authors", "bank:layers=authors,max_uses=none", "bank:layers=authors,max_uses=0"):
@@ -300,6 +306,8 @@ def test_wide_layers_are_scaled_per_neuron_instead_of_whitened() -> None:
         ({"shrinkage": -0.1}, "shrinkage must be in"),
         ({"whiten": "yes"}, "whiten must be true or false"),
         ({"max_uses": -1}, "max_uses must be"),
+        ({"z_cap": -1.0}, "z_cap must be in"),
+        ({"pooling": "max"}, "unknown pooling 'max'; valid: avg, stats, flatten"),
         ({"layers": []}, "layers must be a non-empty list"),
     ],
 )

@@ -67,6 +67,15 @@ def test_features_pooling_and_gradients(tiny_classifier: Classifier) -> None:
         pool(torch.zeros(1, 2, 3, 3), "max")  # type: ignore[arg-type]
 
 
+def test_stats_pooling_is_mean_max_and_std_per_channel() -> None:
+    t = torch.tensor([[[[0.0, 1.0], [2.0, 5.0]], [[1.0, 1.0], [1.0, 1.0]]]])  # [1, 2, 2, 2]
+    stats = pool(t, "stats")  # [mean c0, mean c1, max c0, max c1, std c0, std c1]
+    assert torch.allclose(stats, torch.tensor([[2.0, 1.0, 5.0, 1.0, 3.5**0.5, 0.0]]))
+    assert torch.equal(pool(torch.ones(3, 4), "stats"), torch.ones(3, 4))  # vectors stay as they are
+    single = pool(torch.ones(2, 3, 1, 1), "stats")  # a 1x1 map: std 0, not NaN
+    assert single.shape == (2, 9) and torch.isfinite(single).all()
+
+
 def test_extract_batches_and_memmaps(tiny_classifier: Classifier, digits: DataSplits, tmp_path: Path) -> None:
     x = digits.test.x[:50]
     whole = extract(tiny_classifier, x, batch_size=1000)

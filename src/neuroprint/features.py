@@ -1,7 +1,9 @@
 """Activation extraction: one hooked forward pass gives the logits and the pooled outputs of named layers.
 
-Conv maps `[N, C, H, W]` become `[N, C]` by global average pooling (`pooling="avg"`) or `[N, C*H*W]`
-(`pooling="flatten"`); vectors stay as they are. Large sets stream, batch by batch, into memory-mapped arrays.
+Conv maps `[N, C, H, W]` become `[N, C]` by global average pooling (`pooling="avg"`), `[N, 3C]` by the spatial
+mean, max and standard deviation of every channel (`pooling="stats"`: max and spread also see a perturbation
+confined to a few pixels, which the mean dilutes), or `[N, C*H*W]` (`pooling="flatten"`); vectors stay as they are. Large sets
+stream, batch by batch, into memory-mapped arrays.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from tqdm.auto import tqdm
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
 
-Pooling = Literal["avg", "flatten"]
-POOLINGS = ("avg", "flatten")
+Pooling = Literal["avg", "stats", "flatten"]
+POOLINGS = ("avg", "stats", "flatten")
 
 
 def pool(t: torch.Tensor, pooling: Pooling = "avg") -> torch.Tensor:
@@ -27,6 +29,8 @@ def pool(t: torch.Tensor, pooling: Pooling = "avg") -> torch.Tensor:
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     if t.ndim == 4 and pooling == "avg":
         return t.mean(dim=(2, 3))
+    if t.ndim == 4 and pooling == "stats":  # [mean of every channel, max of every channel, std of every channel]
+        return torch.cat([t.mean(dim=(2, 3)), t.amax(dim=(2, 3)), t.std(dim=(2, 3), correction=0)], dim=1)
     return t.flatten(1)
 
 

@@ -1,5 +1,5 @@
 """Randomized neural-fingerprint bank, after Fisher, Shahar, Resheff, "Neural Fingerprints for Adversarial Attack
-Detection" (arXiv 2411.04533), with two additions of ours (whitening and the shift score, below).
+Detection" (arXiv 2411.04533), with additions of ours (whitening, the shift score and "stats" pooling, below).
 
 For every class c, many tiny random subsets of d neurons are sampled; a subset is a *fingerprint* when the mean
 activation over it separates clean inputs of class c from adversarial inputs attacked *to* c (Welch t-test
@@ -14,10 +14,12 @@ Scores (`score_kind`, higher = more adversarial), with z_j = (v_j - mu_clean_j) 
 - "shift" (the default; ours): direction-aware, uses only the clean moments and the *sign* of the fitted shift
   s_j = sign(mu_adv_j - mu_clean_j):
 
-      score(x) = sum_j max(s_j z_j, 0) + back_weight * max(-s_j z_j, 0)
+      score(x) = sum_j min(max(s_j z_j, 0) + back_weight * max(-s_j z_j, 0), z_cap)
 
   Any move away from the clean mean counts, a move in the direction seen at fit time fully: a weaker attack (CW,
-  DeepFool after fitting on PGD) that shifts the fingerprints part of the way still scores high.
+  DeepFool after fitting on PGD) that shifts the fingerprints part of the way still scores high. `z_cap` (3 by
+  default; None: no cap) bounds each fingerprint's share, so the heavy tail of one fingerprint on a clean input
+  cannot outvote the rest of the draw.
 - "lr" (the authors' likelihood-ratio test): sum_j log N(v_j; mu_adv_j, s_adv_j) - log N(v_j; mu_clean_j,
   s_clean_j). It calls a value halfway between the two Gaussians "clean", so it generalises poorly to attacks
   weaker than the one it was fit on.
@@ -75,7 +77,7 @@ from scipy import stats
 from neuroprint.checks import check_bool, check_float, check_int, check_layers
 from neuroprint.detectors.base import Detector, resolve_layers
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.features import Pooling, activations, extract
+from neuroprint.features import POOLINGS, Pooling, activations, extract
 from neuroprint.models.classifier import Classifier
 from neuroprint.registry import DETECTORS
 
@@ -103,8 +105,9 @@ class BankDetector(Detector):
     - `layers`: None (default) for every named feature layer of the classifier (`classifier.layers`), `"authors"`
       or `["authors"]` (spec `layers=authors`) for the authors' rule (`authors_default_layers`: the last 5
       top-level modules with more than 1,000 parameters), or layer names (spec `layers=conv1+fc1`);
-      `pooling`: "avg" (one value per conv channel, the default) or "flatten" (every spatial neuron, the
-      authors' choice).
+      `pooling`: "stats" (the default: the spatial mean, max and standard deviation of every conv channel, so a
+      perturbation confined to a few pixels, as JSMA and EAD make, still moves a "neuron"), "avg" (the mean
+      only) or "flatten" (every spatial neuron, the authors' choice).
     - `d`: neurons per fingerprint; `subset`: "layer" (all d neurons from one layer, chosen at random per
       candidate among the layers with at least d neurons) or "concat" (any neurons of the concatenated layers;
       with flattened conv maps these dominate the concatenation, which hides the small dense layers).
@@ -113,9 +116,10 @@ class BankDetector(Detector):
     - `min_adv`: a class with fewer adversarial examples attacked to it (or fewer clean examples) uses a bank
       built from all classes (reported in `fit_report_`).
     - `score_kind`: "shift" (default), "lr" (the authors'), "anomaly" or "vote"; `back_weight` in [0, 1]: the
-      weight "shift" gives to moves against the fitted direction (1: symmetric |z|, 0: one-sided).
+      weight "shift" gives to moves against the fitted direction (1: symmetric |z|, 0: one-sided); `z_cap`
+      (default 3; None or 0: no cap): the most one fingerprint adds to the "shift" score.
     - `whiten` (default True; ZCA per layer up to 4,096 neurons, per-neuron scaling above) with `shrinkage` in
-      [0, 1]; `max_uses` (default 100; None or 0: no cap; spec `max_uses=none`).
+      [0, 1]; `max_uses` (default 30; None or 0: no cap; spec `max_uses=none`).
     """
 
     name = "bank"
@@ -125,7 +129,7 @@ class BankDetector(Detector):
     def __init__(
         self,
         layers: Sequence[str] | str | None = None,
-        pooling: Pooling = "avg",
+        pooling: Pooling = "stats",
         d: int = 3,
         subset: Literal["concat", "layer"] = "layer",
         n_candidates: int = 10000,
@@ -140,7 +144,8 @@ class BankDetector(Detector):
         back_weight: float = 0.3,
         whiten: bool = True,
         shrinkage: float = 0.05,
-        max_uses: int | None = 100,
+        max_uses: int | None = 30,
+        z_cap: float | None = 3.0,
     ) -> None:
         for pname, value, low in (("d", d, 1), ("n_candidates", n_candidates, 1), ("bank_size", bank_size, 1),
                                   ("k", k, 1), ("min_adv", min_adv, 2)):
@@ -157,8 +162,11 @@ class BankDetector(Detector):
         if max_uses is not None:
             check_int("max_uses", max_uses, 0)
             max_uses = max_uses or None  # 0: no cap, like None (for configs that cannot write None)
+        if z_cap is not None:
+            check_float("z_cap", z_cap, 0.0, math.inf, low_open=False)
+            z_cap = z_cap or None  # 0: no cap, like None
         for pname, value, valid in (("score_kind", score_kind, SCORE_KINDS), ("sampling", sampling, SAMPLINGS),
-                                    ("subset", subset, SUBSETS), ("pooling", pooling, ("flatten", "avg"))):
+                                    ("subset", subset, SUBSETS), ("pooling", pooling, POOLINGS)):
             if value not in valid:
                 raise ConfigError(f"unknown {pname} {value!r}; valid: {', '.join(valid)}")
         self.layers = check_layers([layers] if isinstance(layers, str) else layers)
@@ -178,6 +186,7 @@ class BankDetector(Detector):
         self.whiten = whiten
         self.shrinkage = shrinkage
         self.max_uses = max_uses
+        self.z_cap = z_cap
 
     # -- features ----------------------------------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -420,6 +429,8 @@ class BankDetector(Detector):
         elif self.score_kind == "shift":
             toward = torch.sign(mu_a - mu_c) * z_c  # z-shift in the direction the fit attack moved the fingerprint
             per_fp = toward.clamp(min=0) + self.back_weight * (-toward).clamp(min=0)
+            if self.z_cap is not None:
+                per_fp = per_fp.clamp(max=self.z_cap)  # one fingerprint's heavy tail cannot outvote the others
         else:
             per_fp = (z_a.abs() < z_c.abs()).float()
         total = (per_fp * valid).sum(1)
