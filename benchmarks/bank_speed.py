@@ -2,7 +2,7 @@
 
 Targets (issue 3): scoring <= 1.10x a forward pass of mnist-net (batch 256, ratio in one run); building banks for
 10 classes x 10,000 candidates in under 60 s on 2 cores. Weights and activations are random: cost does not
-depend on their values. The default `bank` (every layer, whitened, shift score, k = 100, max_uses = 100) is timed
+depend on their values. The default `bank` (every layer, "stats" pooling, whitened, shift score, k = 100) is timed
 with its whitening matrices (their fit is part of the build time); `--authors-config` times the authors' setting
 (`bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none`).
 

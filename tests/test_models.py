@@ -70,10 +70,13 @@ def test_features_pooling_and_gradients(tiny_classifier: Classifier) -> None:
 def test_stats_pooling_is_mean_max_and_std_per_channel() -> None:
     t = torch.tensor([[[[0.0, 1.0], [2.0, 5.0]], [[1.0, 1.0], [1.0, 1.0]]]])  # [1, 2, 2, 2]
     stats = pool(t, "stats")  # [mean c0, mean c1, max c0, max c1, std c0, std c1]
-    assert torch.allclose(stats, torch.tensor([[2.0, 1.0, 5.0, 1.0, 3.5**0.5, 0.0]]))
+    assert torch.allclose(stats, torch.tensor([[2.0, 1.0, 5.0, 1.0, 3.5**0.5, 0.0]]), atol=1e-5)
+    assert torch.allclose(stats, torch.cat([t.mean((2, 3)), t.amax((2, 3)), t.std((2, 3), correction=0)], 1), atol=1e-5)
     assert torch.equal(pool(torch.ones(3, 4), "stats"), torch.ones(3, 4))  # vectors stay as they are
-    single = pool(torch.ones(2, 3, 1, 1), "stats")  # a 1x1 map: std 0, not NaN
-    assert single.shape == (2, 9) and torch.isfinite(single).all()
+    single = torch.ones(2, 3, 1, 1, requires_grad=True)  # a 1x1 map: std ~0, with a finite gradient
+    pooled = pool(single, "stats")
+    pooled.sum().backward()
+    assert pooled.shape == (2, 9) and torch.isfinite(pooled).all() and torch.isfinite(single.grad).all()
 
 
 def test_extract_batches_and_memmaps(tiny_classifier: Classifier, digits: DataSplits, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from neuroprint.models.classifier import Classifier
 
 Pooling = Literal["avg", "stats", "flatten"]
 POOLINGS = ("avg", "stats", "flatten")
+_VAR_FLOOR = 1e-12  # "stats": smallest variance (a constant map has std 1e-6, not 0, and a finite gradient)
 
 
 def pool(t: torch.Tensor, pooling: Pooling = "avg") -> torch.Tensor:
@@ -30,7 +31,11 @@ def pool(t: torch.Tensor, pooling: Pooling = "avg") -> torch.Tensor:
     if t.ndim == 4 and pooling == "avg":
         return t.mean(dim=(2, 3))
     if t.ndim == 4 and pooling == "stats":  # [mean of every channel, max of every channel, std of every channel]
-        return torch.cat([t.mean(dim=(2, 3)), t.amax(dim=(2, 3)), t.std(dim=(2, 3), correction=0)], dim=1)
+        mean = t.mean(dim=(2, 3))
+        mean_square = torch.linalg.vector_norm(t, dim=(2, 3)) ** 2 / (t.shape[2] * t.shape[3])
+        # one pass each (torch.std is ~20x slower on CPU); the floor keeps the gradient of a constant map finite
+        std = (mean_square - mean**2).clamp(min=_VAR_FLOOR).sqrt()
+        return torch.cat([mean, t.amax(dim=(2, 3)), std], dim=1)
     return t.flatten(1)
 
 
