@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import emit, load_cached_attack
+from common import emit, load_cached_attack, load_cached_model
 
-from neuroprint.data import load_dataset
+from neuroprint.attacks.adversarial_set import AdversarialSet
+from neuroprint.data import Split, load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics
 from neuroprint.evaluation.protocol import correct_clean, draw_sources
-from neuroprint.models.checkpoint import load_checkpoint
+from neuroprint.models.classifier import Classifier
 
 
 def parse_draw(text: str) -> tuple[int, Path]:
@@ -34,10 +35,11 @@ def parse_draw(text: str) -> tuple[int, Path]:
     return int(seed), Path(cache)
 
 
-def held_out_auc(spec: str, classifier, clean, fit_clean: np.ndarray, adv_sets: dict, fit_attack: str,
-                 fit_sources: set[int], tested: list[str]) -> dict[str, float]:
+def held_out_auc(spec: str, classifier: Classifier, clean: Split, fit_clean: np.ndarray,
+                 adv_sets: dict[str, AdversarialSet], fit_attack: str, fit_sources: set[int],
+                 tested: list[str]) -> dict[str, float]:
     """Fit `spec` on clean[fit_clean] + `fit_attack` examples of `fit_sources`; AUC on the rest for `tested`."""
-    def on(adv, inside: bool) -> torch.Tensor:
+    def on(adv: AdversarialSet, inside: bool) -> torch.Tensor:
         keep = torch.tensor([(int(s) in fit_sources) == inside for s in adv.source_index])
         return adv.x_adv[keep]
 
@@ -62,12 +64,11 @@ def main() -> None:
     torch.set_num_threads(1)
     data = load_dataset("mnist")
     for seed, cache in args.draw:
-        (model_dir,) = sorted((cache / "adv").iterdir())
-        classifier, _ = load_checkpoint(cache / "models" / model_dir.name)
+        classifier, model_name = load_cached_model(cache)
         clean_index, attacked_index = draw_sources(len(data.val), args.n, seed)
         clean = correct_clean(classifier, data.val, clean_index)
-        cached = sorted({p.name.split("-val-")[0] for p in model_dir.glob("*-val-*.json")})
-        adv_sets = {a: load_cached_attack(cache, model_dir.name, a, "val").successful() for a in cached}
+        cached = sorted({p.name.split("-val-")[0] for p in (cache / "adv" / model_name).glob("*-val-*.json")})
+        adv_sets = {a: load_cached_attack(cache, model_name, a, "val").successful() for a in cached}
         for spec in args.specs:
             cells: dict[str, list[float]] = {}
             for split in range(args.splits):
@@ -82,7 +83,7 @@ def main() -> None:
                 for a in [a for a in args.per_attack if a in cached]:
                     auc = held_out_auc(spec, classifier, clean, fit_clean, adv_sets, a, fit_sources, [a])[a]
                     cells.setdefault(f"{a}->{a}", []).append(auc)
-            emit({"benchmark": "bank_selection", "spec": spec, "draw_seed": seed, "model": model_dir.name,
+            emit({"benchmark": "bank_selection", "spec": spec, "draw_seed": seed, "model": model_name,
                   "splits": args.splits, "auc": {k: round(float(np.mean(v)), 5) for k, v in cells.items()}})
 
 

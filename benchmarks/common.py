@@ -13,6 +13,8 @@ import torch
 
 from neuroprint.attacks.adversarial_set import AdversarialSet
 from neuroprint.io import git_commit, versions
+from neuroprint.models.checkpoint import load_checkpoint
+from neuroprint.models.classifier import Classifier
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 30, warmup: int = 3) -> dict[str, float]:
@@ -70,3 +72,10 @@ def load_cached_attack(cache: Path, model_name: str, attack: str, split: str) ->
     """The one adversarial set of `attack` on `split` that benchmarks/detection_mnist.py cached under `cache`."""
     (path,) = sorted((cache / "adv" / model_name).glob(f"{attack}-{split}-*.json"))
     return AdversarialSet.load(path.with_suffix(""))
+
+
+def load_cached_model(cache: Path) -> tuple[Classifier, str]:
+    """The one model whose adversarial sets are cached under `cache` (checkpoint in `cache/models`), and its name."""
+    (adv_dir,) = sorted((cache / "adv").iterdir())
+    classifier, _ = load_checkpoint(cache / "models" / adv_dir.name)
+    return classifier, adv_dir.name

@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import emit, load_cached_attack
+from common import emit, load_cached_attack, load_cached_model
 
 from neuroprint.attacks.cw_opt import CWOpt
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics
 from neuroprint.evaluation.protocol import correct_clean, draw_sources
-from neuroprint.models.checkpoint import load_checkpoint
 
 
 def main() -> None:
@@ -41,11 +40,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    (model_dir,) = sorted((args.cache / "models").iterdir())
-    classifier, _ = load_checkpoint(model_dir)
+    classifier, model_name = load_cached_model(args.cache)
     data = load_dataset("mnist")
-    cw_val = load_cached_attack(args.cache, model_dir.name, "cw", "val")
-    cw_test = load_cached_attack(args.cache, model_dir.name, "cw", "test")
+    cw_val = load_cached_attack(args.cache, model_name, "cw", "val")
+    cw_test = load_cached_attack(args.cache, model_name, "cw", "test")
 
     val_clean_idx, _ = draw_sources(len(data.val), 2000, args.seed)  # the splits of detection_mnist.py
     test_clean_idx, _ = draw_sources(len(data.test), 2000, args.seed + 1)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import PeakRSS, emit, load_cached_attack
+from common import PeakRSS, emit, load_cached_attack, load_cached_model
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -46,7 +46,6 @@ from neuroprint.detectors.influence import (
     per_example_gradients,
 )
 from neuroprint.detectors.nnif import NNIFDetector
-from neuroprint.models.checkpoint import load_checkpoint
 
 
 def auc(scores: torch.Tensor | np.ndarray, is_adv: torch.Tensor) -> float:
@@ -77,12 +76,11 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
-    (model_dir,) = sorted((args.cache / "models").iterdir())
-    classifier, _ = load_checkpoint(model_dir)
+    classifier, model_name = load_cached_model(args.cache)
     data = load_dataset("mnist")
     x_train, y_train = data.train.x[: args.n_train], data.train.y[: args.n_train]
     half = args.n_inputs // 2
-    tests = {attack: load_cached_attack(args.cache, model_dir.name, attack, "test") for attack in args.attacks}
+    tests = {attack: load_cached_attack(args.cache, model_name, attack, "test") for attack in args.attacks}
     attacked = torch.cat([t.source_index for t in tests.values()]).unique()
     correct = (classifier.predict(data.test.x) == data.test.y).nonzero().flatten()
     clean_index = correct[~torch.isin(correct, attacked)][:half]
@@ -108,7 +106,7 @@ def main() -> None:
 
     records = []
     for attack in args.attacks:
-        val = load_cached_attack(args.cache, model_dir.name, attack, "val")
+        val = load_cached_attack(args.cache, model_name, attack, "val")
         x_adv_fit = val.x_adv[val.success][: args.n_fit]
         val_correct = (classifier.predict(data.val.x) == data.val.y).nonzero().flatten()
         fit_index = val_correct[~torch.isin(val_correct, val.source_index)][: args.n_fit]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import PeakRSS, emit, load_cached_attack
+from common import PeakRSS, emit, load_cached_attack, load_cached_model
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -38,7 +38,6 @@ from neuroprint.detectors.influence import (
 )
 from neuroprint.detectors.nnif import NNIFDetector
 from neuroprint.detectors.ranks import ranks_and_distances
-from neuroprint.models.checkpoint import load_checkpoint
 
 
 def d_plus(embedding: torch.Tensor, train_embedding: torch.Tensor, helpful: torch.Tensor) -> torch.Tensor:
@@ -66,10 +65,9 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
-    (model_dir,) = sorted((args.cache / "models").iterdir())
-    classifier, _ = load_checkpoint(model_dir)
+    classifier, model_name = load_cached_model(args.cache)
     data = load_dataset("mnist")
-    pgd = load_cached_attack(args.cache, model_dir.name, "pgd", "test")
+    pgd = load_cached_attack(args.cache, model_name, "pgd", "test")
     half = args.n_inputs // 2
     correct = (classifier.predict(data.test.x) == data.test.y).nonzero().flatten()
     clean = data.test.x[correct[:half]]

@@ -2,8 +2,8 @@
 
 Conv maps `[N, C, H, W]` become `[N, C]` by global average pooling (`pooling="avg"`), `[N, 3C]` by the spatial
 mean, max and standard deviation of every channel (`pooling="stats"`: max and spread also see a perturbation
-confined to a few pixels, which the mean dilutes), or `[N, C*H*W]` (`pooling="flatten"`); vectors stay as they are. Large sets
-stream, batch by batch, into memory-mapped arrays.
+confined to a few pixels, which the mean dilutes), or `[N, C*H*W]` (`pooling="flatten"`); vectors stay as they
+are. Large sets stream, batch by batch, into memory-mapped arrays.
 """
 from __future__ import annotations
 
