@@ -3,8 +3,9 @@
 Targets (issue 3): scoring <= 1.10x a forward pass of mnist-net (batch 256, ratio in one run); building banks for
 10 classes x 10,000 candidates in under 60 s on 2 cores. Weights and activations are random: cost does not
 depend on their values. The default `bank` (every layer, "stats" pooling, whitened, shift score, k = 100) is timed
-with its whitening matrices (their fit is part of the build time); `--authors-config` times the authors' setting
-(`bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none`).
+with its whitening matrices and output term (their fit is part of the build time); `--authors-config` times the
+authors' setting
+(`bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none,output_cap=none`).
 
 Run: .venv/bin/python benchmarks/bank_speed.py [--authors-config]
 """
@@ -32,7 +33,7 @@ def main() -> None:
     torch.manual_seed(0)
     clf = Classifier(build_model("mnist-net"), mean=[0.1307], std=[0.3081])
     authors = {"layers": ["authors"], "pooling": "flatten", "subset": "concat", "d": 50, "whiten": False,
-               "score_kind": "lr", "k": 30, "max_uses": None}
+               "score_kind": "lr", "k": 30, "max_uses": None, "output_cap": None}
     det = BankDetector(n_candidates=args.candidates, **(authors if args.authors_config else {}))  # type: ignore[arg-type]
     det.classifier_, det.layers_ = clf, det._resolve_layers(clf)
     x = torch.rand(args.batch, 1, 28, 28)
@@ -46,13 +47,16 @@ def main() -> None:
     clean = torch.randn(n_classes * args.per_class, total, generator=gen)
     labels = torch.arange(n_classes).repeat_interleave(args.per_class)
     adv = torch.randn(n_classes * args.per_class, total, generator=gen) + (torch.rand(total, generator=gen) < 0.1) * 2.0
+    logits = torch.randn(len(labels), n_classes, generator=gen) + 5.0 * torch.nn.functional.one_hot(labels)
     banks, start = [], time.perf_counter()
     det.whiteners_ = det._whiteners(clean, labels, widths, n_classes) if det.whiten else ()
-    clean, adv = det._whitened(clean), det._whitened(adv)
+    white_clean, white_adv = det._whitened(clean), det._whitened(adv)
     for c in range(n_classes):
-        banks.append(det._build_bank(clean[labels == c], adv[labels == c], widths, gen))
-    build_seconds = time.perf_counter() - start
+        banks.append(det._build_bank(white_clean[labels == c], white_adv[labels == c], widths, gen))
     det._set_banks(banks)
+    if det.output_cap is not None:
+        det._fit_output(logits, clean, labels)
+    build_seconds = time.perf_counter() - start
     det.fit_report_ = {}
 
     with torch.no_grad():
@@ -68,6 +72,7 @@ def main() -> None:
             "whiten": det.whiten,
             "score_kind": det.score_kind,
             "max_uses": det.max_uses,
+            "output_cap": det.output_cap,
             "layers": det.layers_,
             "neurons": total,
             "forward_ms": 1e3 * medians["forward"],

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from scipy import stats
 from torch import nn
 
@@ -55,9 +56,9 @@ def test_bank_keeps_at_most_bank_size() -> None:
 
 
 def fitted_by_hand(sampling: str = "all", score_kind: str = "lr", back_weight: float = 0.3,
-                   z_cap: float | None = 3.0) -> BankDetector:
+                   z_cap: float | None = 3.0, output_cap: float | None = None) -> BankDetector:
     det = BankDetector(layers=["flat"], d=2, k=2, bank_size=2, sampling=sampling, score_kind=score_kind,  # type: ignore[arg-type]
-                       back_weight=back_weight, z_cap=z_cap)
+                       back_weight=back_weight, z_cap=z_cap, output_cap=output_cap)
     det.classifier_ = pixel_classifier()
     det.layers_ = ["flat"]
     det.fit_report_ = {}
@@ -103,6 +104,33 @@ def test_shift_score_against_hand_computation() -> None:
     assert fitted_by_hand(score_kind="shift", z_cap=1.0).score(x).item() == pytest.approx(1.3, rel=1e-5)
     assert fitted_by_hand(score_kind="shift", z_cap=1.0).score(against).item() == pytest.approx(1.0, rel=1e-5)
     assert fitted_by_hand(score_kind="shift", z_cap=None).score(against).item() == pytest.approx(1.2, rel=1e-5)
+
+
+def test_output_term_against_hand_computation() -> None:
+    x = torch.tensor([[[[0.2, 0.4], [0.6, 1.0]]]])  # logits (0, 10 * 0.2 - 5) = (0, -3): class 0; shift score 0.3 + 1.6
+    det = fitted_by_hand(score_kind="shift", output_cap=2.0)
+    det.output_whitener_ = torch.eye(2)
+    det.output_means_ = torch.tensor([[0.0, -4.0], [0.0, 4.0]])  # D = ((0 - 0)^2 + (-3 + 4)^2) / 2 = 0.5
+    det.output_norm_ = torch.tensor([1.0, 2.0, 0.25, 0.5])  # shift (1.9 - 1) / 2 = 0.45; D (0.5 - 0.25) / 0.5 = 0.5
+    assert det.score(x).item() == pytest.approx(0.45 + 0.5, rel=1e-5)
+    det.output_norm_ = torch.tensor([1.0, 2.0, -10.0, 0.5])  # D term (0.5 + 10) / 0.5 = 21, capped at 2
+    assert det.score(x).item() == pytest.approx(0.45 + 2.0, rel=1e-5)
+
+
+def test_output_term_is_fit_on_the_clean_inputs(fitted_bank: tuple[BankDetector, torch.Tensor],
+                                                tiny_classifier: Classifier, digits: DataSplits) -> None:
+    det, _ = fitted_bank
+    x, y = digits.val.x[150:], digits.val.y[150:]
+    with torch.no_grad():
+        logits = tiny_classifier(x)
+    white = logits @ det.output_whitener_
+    for c in range(tiny_classifier.num_classes):  # row c: class c's whitened logit mean; all classes' when too few
+        rows = white[y == c] if int((y == c).sum()) >= det.min_adv else white
+        assert torch.allclose(det.output_means_[c], rows.mean(0), atol=1e-4)
+    assert int(torch.bincount(y).min()) < det.min_adv  # digits' small validation split exercises that fallback
+    assert torch.allclose(det.output_whitener_, det._whiteners(logits, y, [10], 10)[0])  # the clean fit logits'
+    distance = det._output_distance(logits, logits.argmax(1))
+    assert det.output_norm_[2:].tolist() == pytest.approx([distance.mean().item(), distance.std().item()], rel=1e-4)
 
 
 def test_max_uses_keeps_the_greedy_least_reused_fingerprints() -> None:
@@ -200,6 +228,10 @@ def test_scores_are_finite_differentiable_and_round_trip(
     again = Detector.load(tmp_path / "bank", det.classifier_)
     assert torch.equal(again.score(x), scores.detach())
     assert again.fit_report_ == det.fit_report_
+    tensors = load_file(str(tmp_path / "bank" / "state.safetensors"))
+    save_file({k: v for k, v in tensors.items() if not k.startswith("output_")}, str(tmp_path / "bank" / "state.safetensors"))
+    with pytest.raises(InputError, match="no output term .* refit it"):
+        Detector.load(tmp_path / "bank", det.classifier_)  # a bank saved before the output term existed
 
 
 def test_whitened_decorrelated_shift_bank_fits_scores_and_round_trips(
@@ -210,7 +242,7 @@ def test_whitened_decorrelated_shift_bank_fits_scores_and_round_trips(
     adv = build_adversarial_set(tiny_classifier, make_attack("pgd:eps=0.3,steps=10"), digits.val.x[:150],
                                 digits.val.y[:150]).successful()
     det = BankDetector(d=2, n_candidates=1500, bank_size=300, k=10, min_adv=5, max_p=0.01, min_effect=0.8,
-                       whiten=True, score_kind="shift", max_uses=20)
+                       whiten=True, score_kind="shift", max_uses=20, output_cap=None)
     det.fit(tiny_classifier, digits.val.x[150:], digits.val.y[150:], adv.x_adv)
     assert len(det.whiteners_) == len(det.layers_)
     for c, size in enumerate(det.bank_sizes_.tolist()):
@@ -270,6 +302,8 @@ def test_default_reads_every_classifier_layer_and_authors_gives_the_authors_rule
     assert (default.layers, default.whiten, default.score_kind, default.k, default.max_uses) == (None, True, "shift", 100, 30)
     assert (default.d, default.pooling, default.subset, default.bank_size, default.n_candidates) == (3, "stats", "layer", 2000, 10000)
     assert default.z_cap == 3.0 and make_detector("bank:z_cap=none").z_cap is None and make_detector("bank:z_cap=0").z_cap is None
+    assert default.output_cap == 5.0 and make_detector("bank:output_cap=none").output_cap is None
+    assert make_detector("bank:output_cap=0").output_cap is None
     mnist = Classifier(build_model("mnist-net"))
     assert BankDetector()._resolve_layers(mnist) == ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "logits"]
     for spec in ("bank:layers=authors", "bank:layers=authors,max_uses=none", "bank:layers=authors,max_uses=0"):
@@ -307,6 +341,7 @@ def test_wide_layers_are_scaled_per_neuron_instead_of_whitened() -> None:
         ({"whiten": "yes"}, "whiten must be true or false"),
         ({"max_uses": -1}, "max_uses must be"),
         ({"z_cap": -1.0}, "z_cap must be in"),
+        ({"output_cap": -1.0}, "output_cap must be in"),
         ({"pooling": "max"}, "unknown pooling 'max'; valid: avg, stats, flatten"),
         ({"layers": []}, "layers must be a non-empty list"),
     ],
