@@ -111,10 +111,10 @@ def test_output_term_against_hand_computation() -> None:
     det = fitted_by_hand(score_kind="shift", output_cap=2.0)
     det.output_whitener_ = torch.eye(2)
     det.output_means_ = torch.tensor([[0.0, -4.0], [0.0, 4.0]])  # D = ((0 - 0)^2 + (-3 + 4)^2) / 2 = 0.5
-    det.output_norm_ = torch.tensor([1.0, 2.0, 0.25, 0.5])  # shift (1.9 - 1) / 2 = 0.45; D (0.5 - 0.25) / 0.5 = 0.5
-    assert det.score(x).item() == pytest.approx(0.45 + 0.5, rel=1e-5)
-    det.output_norm_ = torch.tensor([1.0, 2.0, -10.0, 0.5])  # D term (0.5 + 10) / 0.5 = 21, capped at 2
-    assert det.score(x).item() == pytest.approx(0.45 + 2.0, rel=1e-5)
+    det.output_norm_ = torch.tensor([0.5, 2.0, 0.25, 0.5])  # shift per fingerprint (1.9 / 2 - 0.5) / 2 = 0.225
+    assert det.score(x).item() == pytest.approx(0.225 + 0.5, rel=1e-5)  # D: (0.5 - 0.25) / 0.5 = 0.5
+    det.output_norm_ = torch.tensor([0.5, 2.0, -10.0, 0.5])  # D term (0.5 + 10) / 0.5 = 21, capped at 2
+    assert det.score(x).item() == pytest.approx(0.225 + 2.0, rel=1e-5)
 
 
 def test_output_term_is_fit_on_the_clean_inputs(fitted_bank: tuple[BankDetector, torch.Tensor],

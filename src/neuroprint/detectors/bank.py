@@ -32,8 +32,8 @@ within-class covariance of the clean fit inputs and m_c their class-c mean,
 
     D(x) = mean_i (u_i(x) - m_c,i)^2,   score(x) = (S(x) - a) / b + min((D(x) - a') / b', output_cap)
 
-where S is the fingerprint score above and (a, b), (a', b') are the mean and std of S and D on the clean fit
-inputs. Minimal-perturbation attacks (CW, DeepFool, EAD) stop just past the decision boundary, so their logits are
+where S is the fingerprint score above divided by the number of fingerprints drawn, and (a, b), (a', b') are the
+mean and std of S and D on the clean fit inputs. Minimal-perturbation attacks (CW, DeepFool, EAD) stop just past the decision boundary, so their logits are
 far from any class mean even when none of the fingerprints moved the way the fit attack (e.g. PGD, which lands
 deep inside the target class) moved them. The term uses only clean data, so it is attack-agnostic; the cap keeps a
 clean input with unusual logits (a hard digit) from outscoring an attacked one that the fingerprints flag.
@@ -296,7 +296,7 @@ class BankDetector(Detector):
         self.output_means_ = torch.stack([white[y == c].mean(0) if int((y == c).sum()) >= self.min_adv
                                           else white.mean(0) for c in range(n_classes)])
         pred = logits.argmax(1)
-        values = (self._fingerprint_score(pred, f_clean), self._output_distance(logits, pred))
+        values = (self._fingerprint_score(pred, f_clean, per_fingerprint=True), self._output_distance(logits, pred))
         self.output_norm_ = torch.tensor([s for v in values for s in (float(v.mean()), max(float(v.std()), 1e-6))])
 
     def _check_widths(self, widths: list[int]) -> None:
@@ -454,20 +454,20 @@ class BankDetector(Detector):
         """Score `[N]` from logits `[N, K]` and concatenated activations `feats` `[N, D]`: the fingerprint score,
         plus the output term when `output_cap` is on."""
         pred = logits.argmax(1)
-        total = self._fingerprint_score(pred, feats)
         if self.output_cap is None:
-            return total
+            return self._fingerprint_score(pred, feats)
         mean_s, std_s, mean_d, std_d = self.output_norm_
         outlying = (self._output_distance(logits, pred) - mean_d) / std_d
-        return (total - mean_s) / std_s + outlying.clamp(max=self.output_cap)
+        return (self._fingerprint_score(pred, feats, per_fingerprint=True) - mean_s) / std_s + outlying.clamp(max=self.output_cap)
 
     def _output_distance(self, logits: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """D `[N]`: mean squared distance of the whitened logits `[N, K]` from their predicted class's clean mean."""
         return ((logits @ self.output_whitener_ - self.output_means_[pred]) ** 2).mean(1)
 
-    def _fingerprint_score(self, pred: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    def _fingerprint_score(self, pred: torch.Tensor, feats: torch.Tensor, per_fingerprint: bool = False) -> torch.Tensor:
         """The `score_kind` score `[N]` of the fingerprints drawn for predicted classes `pred` `[N]` from
-        concatenated activations `feats` `[N, D]`."""
+        concatenated activations `feats` `[N, D]`; `per_fingerprint`: divided by the number drawn (the output term
+        normalises this mean, so that its scale does not depend on `k` or on `sampling="all"`)."""
         feats = self._whitened(feats)
         slots = self.draw(pred)  # [N, k]
         neurons = self.index_[pred[:, None], slots].long()  # [N, k, d]
@@ -491,7 +491,7 @@ class BankDetector(Detector):
         else:
             per_fp = (z_a.abs() < z_c.abs()).float()
         total = (per_fp * valid).sum(1)
-        return total / valid.sum(1) if self.score_kind == "vote" else total
+        return total / valid.sum(1) if per_fingerprint or self.score_kind == "vote" else total
 
     # -- persistence -------------------------------------------------------------------------------------------
     def state_dict_(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
