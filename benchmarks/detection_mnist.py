@@ -5,7 +5,8 @@ cached under `<out>/cache`, so later phases and re-runs only fit detectors):
   main      every detector fit and tested per attack (the Table-1 layout)
   fit-pgd   fit on PGD only, tested on every attack; fit-fgsm likewise with FGSM
   bank-grid fingerprint-bank variants around the default (d, k, bank size, layers, whitening, score, neuron
-            reuse, randomisation; the previous default and the authors' setting last), fit on PGD, tested on all
+            reuse, randomisation, the output term's cap; the previous defaults and the authors' setting last), fit
+            on PGD, tested on all
 
 Run: .venv/bin/python benchmarks/detection_mnist.py --n 2000 --device cpu   (about an hour on 2 CPU cores;
 minutes on a GPU with --device cuda)
@@ -48,9 +49,12 @@ BANK_GRID = [  # the default, then one change at a time (its parameters: bank.py
     "bank:max_uses=none",
     "bank:sampling=all",
     "bank:sampling=fixed",
-    "bank:pooling=avg,max_uses=100,z_cap=none",
-    "bank:layers=authors,pooling=avg,whiten=false,score_kind=lr,k=30,max_uses=none",
-    "bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none",
+    "bank:output_cap=3",
+    "bank:output_cap=10",
+    "bank:output_cap=none",
+    "bank:pooling=avg,max_uses=100,z_cap=none,output_cap=none",
+    "bank:layers=authors,pooling=avg,whiten=false,score_kind=lr,k=30,max_uses=none,output_cap=none",
+    "bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none,output_cap=none",
 ]
 PHASES = ("main", "fit-pgd", "fit-fgsm", "bank-grid")
 
