@@ -7,7 +7,7 @@ detector-aware PGD (`neuroprint.attacks.adaptive.DetectorAwarePGD`) through its 
 Thresholds: 5% FPR on held-out clean validation images. Reported per (attack, defender): attack success
 (misclassified), detection rate among successful examples, evasion (misclassified and not flagged).
 
-Run: .venv/bin/python benchmarks/bank_adaptive.py [--n-test 600 --steps 100 --c 1 0.01 0.0001 0.000001 --bank SPEC]
+Run: .venv/bin/python benchmarks/bank_adaptive.py [--n-test 600 --steps 100 --c 1 0.01 0.0001 --bank SPEC]
 """
 from __future__ import annotations
 
@@ -76,16 +76,17 @@ def main() -> None:
         x_ok = result.x_adv[result.success]
         for sampling, defender in defenders.items():
             with torch.no_grad():
-                clean_scores, adv_scores = defender.score(test_clean.x), defender.score(x_ok)
+                clean_scores = defender.score(test_clean.x)
+                adv_scores = defender.score(x_ok) if len(x_ok) else torch.empty(0)
             flagged = adv_scores > defender.threshold_
-            emit({
+            emit({  # detection figures are None when the attack fooled the model on no image
                 "benchmark": "bank_adaptive", "bank": args.bank, "attack": attack_name, "defender": sampling, "c": c,
                 "steps": args.steps, "n_attacked": len(sources), "success_rate": result.success_rate,
-                "detected_among_successful": float(flagged.float().mean()),
+                "detected_among_successful": float(flagged.float().mean()) if len(x_ok) else None,
                 "evasion_rate": float((~flagged).sum()) / len(sources),
-                "auc": metrics.auc(clean_scores.numpy(), adv_scores.numpy()),
+                "auc": metrics.auc(clean_scores.numpy(), adv_scores.numpy()) if len(x_ok) else None,
                 "clean_flagged": float((clean_scores > defender.threshold_).float().mean()),
-                "mean_linf": float(result.linf[result.success].mean()),
+                "mean_linf": float(result.linf[result.success].mean()) if len(x_ok) else None,
             })
 
 
