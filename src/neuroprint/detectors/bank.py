@@ -63,9 +63,9 @@ spatial mean, max and std), d = 3 of them from one layer, whitening, the shift s
 max_uses = 30, output_cap = 5. Fit per attack, AUC >= 99.83 on all nine attacks on three data draws (EAD lowest);
 fit on PGD only >= 99.38 (EAD; without the output term 96.1-97.8 whatever the fingerprint settings). The first
 default (the authors' layers, no whitening, likelihood ratio, k = 30) reached only 74.8-84.3 on CW, DeepFool,
-JSMA, EAD and BIM-a after fitting on PGD: conv1/conv2 (outside the authors' layer rule) and the within-class correlation structure carry most of the signal
-for minimal-perturbation attacks, and the max and spread of a channel that of sparse ones (JSMA, EAD). The
-authors' complete configuration is
+JSMA, EAD and BIM-a after fitting on PGD: conv1/conv2 (outside the authors' layer rule) and the within-class
+correlation structure carry most of the signal for minimal-perturbation attacks, and the max and spread of a
+channel that of sparse ones (JSMA, EAD). The authors' complete configuration is
 
     bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none,output_cap=none
 
@@ -467,7 +467,9 @@ class BankDetector(Detector):
         """D `[N]`: mean squared distance of the whitened logits `[N, K]` from their predicted class's clean mean."""
         return ((logits @ self.output_whitener_ - self.output_means_[pred]) ** 2).mean(1)
 
-    def _fingerprint_score(self, pred: torch.Tensor, feats: torch.Tensor, per_fingerprint: bool = False) -> torch.Tensor:
+    def _fingerprint_score(
+        self, pred: torch.Tensor, feats: torch.Tensor, per_fingerprint: bool = False
+    ) -> torch.Tensor:
         """The `score_kind` score `[N]` of the fingerprints drawn for predicted classes `pred` `[N]` from
         concatenated activations `feats` `[N, D]`; `per_fingerprint`: divided by the number drawn (the output term
         normalises this mean, so that its scale does not depend on `k` or on `sampling="all"`)."""
