@@ -6,6 +6,10 @@ under `<out>/cache`, so re-runs only redo what is missing):
             trained without fingerprints
   detect    `neuralfp` (min over classes) and `neuralfp:score_kind=predicted` on every attack: AUC, TPR at 5% FPR
             (threshold from clean validation images; the method never sees adversarial examples)
+  protocol  where the AUC is lost, on the cached test attacks: our protocol (successful examples vs the disjoint
+            clean half) beside the reference code's (every attack output of a correctly classified source, failed
+            ones included, vs those sources' clean images), the clean score's upper tail (and how many of its
+            images the model is unsure of), and JSMA split by whether the attack spent its whole pixel budget
   adaptive  Adaptive-CW-L2 (eq. 29) aimed at the target class's fingerprints: attack success, mean L2, and the
             share of successful attacks the defender still flags at its 5%-FPR threshold
   speed     one detection (a forward pass over (N + 1) x 256 inputs) vs N + 1 plain forward passes of 256 images
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from common import emit, interleaved_medians
 
@@ -33,14 +38,20 @@ from neuroprint.attacks.adaptive_neuralfp import AdaptiveCWNeuralFP
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics
-from neuroprint.evaluation.protocol import EvalConfig, correct_clean, draw_sources, run_evaluation
+from neuroprint.evaluation.protocol import (
+    EvalConfig,
+    cached_adversarial_set,
+    correct_clean,
+    draw_sources,
+    run_evaluation,
+)
 from neuroprint.evaluation.report import markdown_table
 from neuroprint.models.checkpoint import load_or_train
-from neuroprint.models.fingerprints import FingerprintConfig, perturbed_inputs
+from neuroprint.models.fingerprints import DIRECTIONS, FingerprintConfig, perturbed_inputs
 from neuroprint.models.training import TrainConfig
 
 ATTACKS = ["fgsm", "bim-a", "bim-b", "pgd", "mifgsm", "cw", "deepfool", "jsma", "ead"]
-PHASES = ("accuracy", "detect", "adaptive", "speed")
+PHASES = ("accuracy", "detect", "protocol", "adaptive", "speed")
 
 
 def schedule(fingerprint: FingerprintConfig | None, seed: int) -> TrainConfig:
@@ -51,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", nargs="+", default=["10:0.006"], help="N:eps fingerprint settings")
     parser.add_argument("--per-step", type=int, default=2, help="directions per training step (0 = all N)")
+    parser.add_argument("--directions", default="symmetric", choices=DIRECTIONS,
+                        help="dx pixels in [-eps, eps] (the paper) or [0, eps) (the reference code)")
     parser.add_argument("--n", type=int, default=1000, help="test source images (half clean, half attacked)")
     parser.add_argument("--n-val", type=int, default=1000, help="clean validation images (threshold)")
     parser.add_argument("--n-adaptive", type=int, default=100, help="test images for the adaptive attack")
@@ -75,9 +88,11 @@ def main() -> None:
 
     for setting in args.grid:
         n, eps = setting.split(":")
-        fingerprint = FingerprintConfig(n=int(n), eps=float(eps), seed=args.seed, per_step=args.per_step or None)
+        fingerprint = FingerprintConfig(n=int(n), eps=float(eps), seed=args.seed, per_step=args.per_step or None,
+                                        directions=args.directions)
         clf, meta, model_dir = load_or_train("mnist-net", data, schedule(fingerprint, args.seed), cache / "models", True, args.device)
-        tag = {"N": int(n), "eps": float(eps), "per_step": args.per_step or int(n), "model": model_dir.name}
+        tag = {"N": int(n), "eps": float(eps), "per_step": args.per_step or int(n), "directions": args.directions,
+               "model": model_dir.name}
         if "accuracy" in args.phases:
             _, plain_meta, _ = load_or_train("mnist-net", data, schedule(None, args.seed), cache / "models", True, args.device)
             record({"benchmark": "neuralfp_accuracy", **tag, "clean_accuracy": meta["clean_accuracy"],
@@ -98,10 +113,55 @@ def main() -> None:
                 record({"benchmark": "neuralfp_detect", **tag, "detector": result.detector, "attack": result.attack,
                         "auc": result.auc, "tpr_at_fpr05": result.tpr_at_fpr05, "fpr_at_tpr99": result.fpr_at_tpr99,
                         "n_clean": result.n_clean, "n_adv": result.n_adv})
+        if "protocol" in args.phases:
+            for row in protocols(clf, model_dir, data, args):
+                record({"benchmark": "neuralfp_protocol", **tag, **row})
         if "adaptive" in args.phases:
             record({"benchmark": "neuralfp_adaptive", **tag, **adaptive(clf, data, args)})
         if "speed" in args.phases:
             record({"benchmark": "neuralfp_speed", **tag, **speed(clf)})
+
+
+def protocols(clf: Any, model_dir: Path, data: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """AUC (%) of both scores on each cached test attack under our protocol and the reference code's protocol.
+
+    The reference (the authors' mnist/eval_fingerprint.py) keeps every adversarial output whose clean source the
+    model classifies correctly, failed attacks included, and scores it against those same clean sources. A JSMA
+    example "spent its budget" when it changed floor(gamma * 784 / 2) * 2 pixels, the most it may: it reached
+    its target class in its last iteration or never (it is then misclassified as another class). "Unsure" clean images: top softmax probability below 0.9.
+    """
+    val_idx, _ = draw_sources(len(data.val), args.n_val, args.seed)
+    val = correct_clean(clf, data.val, val_idx)
+    clean_idx, adv_idx = draw_sources(len(data.test), args.n, args.seed + 1)
+    clean = correct_clean(clf, data.test, clean_idx)
+    rows = []
+    for spec in ("neuralfp", "neuralfp:score_kind=predicted"):
+        detector = make_detector(spec).fit(clf, val.x, val.y)
+        with torch.no_grad():
+            clean_scores = detector.score(clean.x).numpy()
+            unsure = (torch.softmax(clf(clean.x), dim=1).max(dim=1).values < 0.9).numpy()
+        top = clean_scores >= np.percentile(clean_scores, 99)
+        tail = {"clean_score_p50_p95_p99_max": [float(v) for v in np.percentile(clean_scores, [50, 95, 99, 100])],
+                "clean_unsure_share": float(unsure.mean()), "clean_top1pct_unsure_share": float(unsure[top].mean())}
+        for attack in args.attacks:
+            adv, _ = cached_adversarial_set(clf, model_dir.name, attack, data.test, "test", adv_idx, args.out / "cache",
+                                            256, progress=True)
+            success = adv.success.numpy()
+            with torch.no_grad():
+                adv_scores = detector.score(adv.x_adv).numpy()
+                source_scores = detector.score(data.test.x[adv.source_index]).numpy()
+            row = {"detector": spec, "attack": attack, "success_rate": adv.success_rate, "n_adv": int(success.sum()),
+                   "auc_ours": 100 * metrics.auc(clean_scores, adv_scores[success]),
+                   "auc_reference": 100 * metrics.auc(source_scores, adv_scores), **tail}
+            if adv.attack == "jsma":
+                budget = 2 * int(adv.params["gamma"] * adv.x_adv[0].numel() / 2)
+                changed = (adv.x_adv - data.test.x[adv.source_index]).abs().flatten(1).gt(0).sum(1).numpy()
+                spent = success & (changed >= budget)
+                row |= {"jsma_spent_budget": int(spent.sum()),
+                        "auc_jsma_reached_target": 100 * metrics.auc(clean_scores, adv_scores[success & ~spent]),
+                        "auc_jsma_spent_budget": 100 * metrics.auc(clean_scores, adv_scores[spent])}
+            rows.append(row)
+    return rows
 
 
 def adaptive(clf: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -120,7 +120,8 @@ def test_unknown_detector_is_rejected_before_any_work(
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [(["--fingerprints", "-1"], "--fingerprints must be >= 1"), (["--fingerprints", "5", "--fp-eps", "1.5"], "eps must be")],
+    [(["--fingerprints", "-1"], "--fingerprints must be >= 1"), (["--fingerprints", "5", "--fp-eps", "1.5"], "eps must be"),
+     (["--fingerprints", "5", "--fp-directions", "both"], "symmetric, positive")],
 )
 def test_train_rejects_bad_fingerprint_options(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, options: list[str], message: str

@@ -1,7 +1,10 @@
 """NeuralFP: fingerprints, the training loss (against a hand computation), the detector, checkpoints, bad input."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from neuroprint.detectors import Detector, make_detector
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.io import read_json
 from neuroprint.models import Classifier
-from neuroprint.models.checkpoint import FINGERPRINTS, load_checkpoint, save_checkpoint
+from neuroprint.models.checkpoint import FINGERPRINTS, load_checkpoint, model_key, save_checkpoint
 from neuroprint.models.fingerprints import (
     OFF_CLASS,
     ON_CLASS,
@@ -26,7 +29,7 @@ from neuroprint.models.fingerprints import (
     fingerprint_responses,
     perturbed_inputs,
 )
-from neuroprint.models.training import TrainHistory
+from neuroprint.models.training import TrainConfig, TrainHistory
 
 
 def linear_classifier() -> Classifier:
@@ -104,6 +107,25 @@ def test_sampled_fingerprints_follow_the_paper() -> None:
     assert set(signs.tolist()) == {-1.0, 1.0}  # eq. 28: p = +-1 per direction, shared by its classes
     paper = NeuralFingerprints.sample(FingerprintConfig(n=40, eps=0.01), (1, 4, 4), 10).dy
     assert torch.equal(signed.dy, signs.view(-1, 1, 1) * paper)
+    positive = NeuralFingerprints.sample(FingerprintConfig(n=6, eps=0.01, directions="positive"), (1, 28, 28), 10)
+    assert float(positive.dx.min()) >= 0.0 and 0.0099 < float(positive.dx.max()) < 0.01  # the reference code's [0, eps)
+
+
+def test_fingerprints_stored_before_directions_existed_read_as_symmetric() -> None:
+    fp = NeuralFingerprints.sample(FingerprintConfig(n=3, eps=0.01), (1, 4, 4), 10)
+    meta = {k: v for k, v in fp.meta().items() if k != "directions"}
+    assert NeuralFingerprints.from_stored(fp.tensors(), meta).config.directions == "symmetric"
+
+
+def test_symmetric_directions_keep_the_model_cache_key() -> None:
+    """Models cached before the `directions` setting existed keep their keys; a positive model gets its own."""
+    keys = {d: model_key("small-cnn", "digits", TrainConfig(fingerprint=FingerprintConfig(n=3, directions=d)), {})
+            for d in ("symmetric", "positive")}
+    settings = asdict(TrainConfig(fingerprint=FingerprintConfig(n=3)))
+    del settings["fingerprint"]["directions"]
+    blob = json.dumps({"a": "small-cnn", "d": "digits", "k": {}, "c": settings}, sort_keys=True)
+    assert keys["symmetric"] == f"small-cnn-digits-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    assert keys["positive"] != keys["symmetric"]
 
 
 def test_perturbed_inputs_are_clipped_and_direction_major() -> None:
@@ -169,7 +191,7 @@ def test_detector_refuses_images_of_another_shape(fp_classifier: Classifier) -> 
 @pytest.mark.parametrize(
     ("settings", "match"),
     [({"n": 0}, "n"), ({"eps": 0.0}, "eps"), ({"eps": 1.0}, "eps"), ({"eps": -0.1}, "eps"),
-     ({"pattern": "zigzag"}, "paper, random-sign"), ({"weight": 0.0}, "weight"), ({"per_step": 7}, "per step")],
+     ({"pattern": "zigzag"}, "paper, random-sign"), ({"directions": "both"}, "symmetric, positive"), ({"weight": 0.0}, "weight"), ({"per_step": 7}, "per step")],
 )
 def test_bad_fingerprint_settings_raise_config_error(settings: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):

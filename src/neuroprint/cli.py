@@ -59,6 +59,8 @@ def train(
     fp_pattern: Annotated[str, typer.Option(help="NeuralFP: target pattern, paper or random-sign")] = "paper",
     fp_weight: Annotated[float, typer.Option(help="NeuralFP: weight of the fingerprint loss")] = 1.0,
     fp_per_step: Annotated[int | None, typer.Option(help="NeuralFP: directions per training step (default all)")] = None,
+    fp_directions: Annotated[str, typer.Option(help="NeuralFP: dx pixels in [-eps, eps] (symmetric, the paper) or "
+                                                    "[0, eps) (positive, the reference code)")] = "symmetric",
     out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint directory to write")] = Path("runs/models/mnist-net"),
     device: Device = "cpu",
 ) -> None:
@@ -73,7 +75,7 @@ def train(
     fingerprint = None
     if fingerprints:
         fingerprint = FingerprintConfig(n=fingerprints, eps=fp_eps, pattern=fp_pattern, weight=fp_weight, seed=seed,
-                                        per_step=fp_per_step)
+                                        per_step=fp_per_step, directions=fp_directions)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_drop_epoch=lr_drop_epoch, seed=seed,
                          fingerprint=fingerprint)
     data = load_dataset(dataset, **_dataset_options(data_path))

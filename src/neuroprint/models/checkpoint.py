@@ -127,6 +127,8 @@ def model_key(architecture: str, dataset: str, config: TrainConfig, arch_kwargs:
     settings = asdict(config)
     if settings["fingerprint"] is None:  # plain models keep the keys they had before NeuralFP existed
         del settings["fingerprint"]
+    elif settings["fingerprint"]["directions"] == "symmetric":  # and NeuralFP models theirs from before `directions`
+        del settings["fingerprint"]["directions"]
     blob = json.dumps({"a": architecture, "d": dataset, "k": arch_kwargs, "c": settings}, sort_keys=True)
     return f"{architecture}-{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 

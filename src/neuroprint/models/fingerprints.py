@@ -1,7 +1,8 @@
 """NeuralFP fingerprints: secret input perturbations and the normalised-logit changes a model is trained to show.
 
 Dathathri, Zheng et al., "Detecting Adversarial Examples via Neural Fingerprinting" (arXiv 1803.03870):
-- fingerprint directions `dx[i]` `[C, H, W]`, every pixel uniform in `[-eps, eps]` (pixel units of `[0, 1]` inputs);
+- fingerprint directions `dx[i]` `[C, H, W]`, every pixel uniform in `[-eps, eps]` (pixel units of `[0, 1]` inputs;
+  section 3.1), or in `[0, eps)` as the reference code draws them (`np.random.rand(...) * eps`, `directions="positive"`);
 - target changes `dy[i, j]` `[K]` for an input of class `j`: -0.235 off-class and +0.7 on class `j` (norm ~1 for
   K = 10, section 3.1), or the random-sign variant of section 3.3 (eq. 28: the same pattern times p = +-1, drawn
   per direction);
@@ -22,13 +23,15 @@ from neuroprint.checks import check_choice, check_float, check_int
 from neuroprint.errors import ConfigError, InputError
 
 PATTERNS = ("paper", "random-sign")
+DIRECTIONS = ("symmetric", "positive")  # dx pixels uniform in [-eps, eps] (paper text) or [0, eps) (reference code)
 OFF_CLASS, ON_CLASS = -0.235, 0.7  # the paper's target change of a normalised logit (section 3.1)
 
 
 @dataclass(frozen=True)
 class FingerprintConfig:
     """How to draw and train NeuralFP fingerprints: `n` directions of pixel amplitude `eps` in (0, 1), target
-    `pattern` ("paper" or "random-sign"), loss `weight` (the reference code uses 1 on MNIST, 1 + 50/n on CIFAR).
+    `pattern` ("paper" or "random-sign"), `directions` ("symmetric": pixels uniform in [-eps, eps] as the paper
+    says; "positive": in [0, eps) as the reference code draws them), loss `weight` (the reference code uses 1 on MNIST, 1 + 50/n on CIFAR).
 
     `per_step`: how many of the n directions each training step evaluates (a fresh uniform draw per step, an
     unbiased estimate of L_fp that costs (per_step + 1) instead of (n + 1) forward passes per batch); None = all
@@ -41,12 +44,14 @@ class FingerprintConfig:
     weight: float = 1.0
     seed: int = 0
     per_step: int | None = None
+    directions: str = "symmetric"
 
     def __post_init__(self) -> None:
         check_int("fingerprints (n)", self.n)
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 < self.eps < 1.0:
             raise ConfigError(f"fingerprint eps must be a number in (0, 1) (pixel units), got {self.eps!r}")
         check_choice("fingerprint pattern", self.pattern, PATTERNS)
+        check_choice("fingerprint directions", self.directions, DIRECTIONS)
         check_float("fingerprint loss weight", self.weight, 0.0, math.inf)
         check_int("fingerprint seed", self.seed, minimum=0)
         if self.per_step is not None and check_int("fingerprint directions per step", self.per_step) > self.n:
@@ -68,7 +73,8 @@ class NeuralFingerprints:
         if num_classes < 2:
             raise ConfigError(f"fingerprints need at least 2 classes, got {num_classes}")
         generator = torch.Generator().manual_seed(config.seed)
-        dx = (torch.rand((config.n, *image_shape), generator=generator) * 2.0 - 1.0) * config.eps
+        uniform = torch.rand((config.n, *image_shape), generator=generator)
+        dx = (uniform if config.directions == "positive" else uniform * 2.0 - 1.0) * config.eps
         pattern = torch.full((num_classes, num_classes), OFF_CLASS)
         pattern.fill_diagonal_(ON_CLASS)
         dy = pattern.expand(config.n, num_classes, num_classes).clone()
