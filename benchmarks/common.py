@@ -31,10 +31,11 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 30,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def emit(record: dict[str, Any]) -> None:
-    """Print one JSON line with versions, git hash and thread count added."""
+def emit(record: dict[str, Any]) -> dict[str, Any]:
+    """Print one JSON line with versions, git hash and thread count added; returns that record."""
     record = {**record, "threads": torch.get_num_threads(), "versions": versions(), "git": git_commit()}
     print(json.dumps(record), flush=True)
+    return record
 
 
 class PeakRSS:

@@ -82,9 +82,8 @@ def main() -> None:
     log = args.out / "neuralfp.jsonl"
 
     def record(row: dict[str, Any]) -> None:
-        emit(row)
         with log.open("a") as f:
-            f.write(json.dumps({**row, "seed": args.seed}) + "\n")
+            f.write(json.dumps(emit({**row, "seed": args.seed})) + "\n")
 
     for setting in args.grid:
         n, eps = setting.split(":")
