@@ -31,7 +31,8 @@ OFF_CLASS, ON_CLASS = -0.235, 0.7  # the paper's target change of a normalised l
 class FingerprintConfig:
     """How to draw and train NeuralFP fingerprints: `n` directions of pixel amplitude `eps` in (0, 1), target
     `pattern` ("paper" or "random-sign"), `directions` ("symmetric": pixels uniform in [-eps, eps] as the paper
-    says; "positive": in [0, eps) as the reference code draws them), loss `weight` (the reference code uses 1 on MNIST, 1 + 50/n on CIFAR).
+    says; "positive": in [0, eps) as the reference code draws them), loss `weight` (the reference code uses 1 on
+    MNIST, 1 + 50/n on CIFAR).
 
     `per_step`: how many of the n directions each training step evaluates (a fresh uniform draw per step, an
     unbiased estimate of L_fp that costs (per_step + 1) instead of (n + 1) forward passes per batch); None = all
