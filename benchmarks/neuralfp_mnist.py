@@ -127,34 +127,37 @@ def protocols(clf: Any, model_dir: Path, data: Any, args: argparse.Namespace) ->
     The reference (the authors' mnist/eval_fingerprint.py) keeps every adversarial output whose clean source the
     model classifies correctly, failed attacks included, and scores it against those same clean sources. A JSMA
     example "spent its budget" when it changed floor(gamma * 784 / 2) * 2 pixels, the most it may: it reached
-    its target class in its last iteration or never (it is then misclassified as another class). "Unsure" clean images: top softmax probability below 0.9.
+    its target class in its last iteration or never (it is then misclassified as another class). "Unsure" clean
+    images: top softmax probability below 0.9.
     """
     val_idx, _ = draw_sources(len(data.val), args.n_val, args.seed)
     val = correct_clean(clf, data.val, val_idx)
     clean_idx, adv_idx = draw_sources(len(data.test), args.n, args.seed + 1)
     clean = correct_clean(clf, data.test, clean_idx)
+    with torch.no_grad():
+        unsure = (torch.softmax(clf(clean.x), dim=1).max(dim=1).values < 0.9).numpy()
+    adv_sets = {attack: cached_adversarial_set(clf, model_dir.name, attack, data.test, "test", adv_idx,
+                                               args.out / "cache", 256, progress=True)[0] for attack in args.attacks}
     rows = []
     for spec in ("neuralfp", "neuralfp:score_kind=predicted"):
         detector = make_detector(spec).fit(clf, val.x, val.y)
         with torch.no_grad():
             clean_scores = detector.score(clean.x).numpy()
-            unsure = (torch.softmax(clf(clean.x), dim=1).max(dim=1).values < 0.9).numpy()
         top = clean_scores >= np.percentile(clean_scores, 99)
         tail = {"clean_score_p50_p95_p99_max": [float(v) for v in np.percentile(clean_scores, [50, 95, 99, 100])],
                 "clean_unsure_share": float(unsure.mean()), "clean_top1pct_unsure_share": float(unsure[top].mean())}
-        for attack in args.attacks:
-            adv, _ = cached_adversarial_set(clf, model_dir.name, attack, data.test, "test", adv_idx, args.out / "cache",
-                                            256, progress=True)
+        for attack, adv in adv_sets.items():
             success = adv.success.numpy()
+            sources = data.test.x[adv.source_index]
             with torch.no_grad():
                 adv_scores = detector.score(adv.x_adv).numpy()
-                source_scores = detector.score(data.test.x[adv.source_index]).numpy()
+                source_scores = detector.score(sources).numpy()
             row = {"detector": spec, "attack": attack, "success_rate": adv.success_rate, "n_adv": int(success.sum()),
                    "auc_ours": 100 * metrics.auc(clean_scores, adv_scores[success]),
                    "auc_reference": 100 * metrics.auc(source_scores, adv_scores), **tail}
             if adv.attack == "jsma":
                 budget = 2 * int(adv.params["gamma"] * adv.x_adv[0].numel() / 2)
-                changed = (adv.x_adv - data.test.x[adv.source_index]).abs().flatten(1).gt(0).sum(1).numpy()
+                changed = (adv.x_adv - sources).abs().flatten(1).gt(0).sum(1).numpy()
                 spent = success & (changed >= budget)
                 row |= {"jsma_spent_budget": int(spent.sum()),
                         "auc_jsma_reached_target": 100 * metrics.auc(clean_scores, adv_scores[success & ~spent]),

@@ -1,10 +1,7 @@
 """NeuralFP: fingerprints, the training loss (against a hand computation), the detector, checkpoints, bad input."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -121,10 +118,7 @@ def test_symmetric_directions_keep_the_model_cache_key() -> None:
     """Models cached before the `directions` setting existed keep their keys; a positive model gets its own."""
     keys = {d: model_key("small-cnn", "digits", TrainConfig(fingerprint=FingerprintConfig(n=3, directions=d)), {})
             for d in ("symmetric", "positive")}
-    settings = asdict(TrainConfig(fingerprint=FingerprintConfig(n=3)))
-    del settings["fingerprint"]["directions"]
-    blob = json.dumps({"a": "small-cnn", "d": "digits", "k": {}, "c": settings}, sort_keys=True)
-    assert keys["symmetric"] == f"small-cnn-digits-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    assert keys["symmetric"] == "small-cnn-digits-f03a121e2b"  # the key of this model before `directions` existed
     assert keys["positive"] != keys["symmetric"]
 
 
@@ -191,7 +185,8 @@ def test_detector_refuses_images_of_another_shape(fp_classifier: Classifier) -> 
 @pytest.mark.parametrize(
     ("settings", "match"),
     [({"n": 0}, "n"), ({"eps": 0.0}, "eps"), ({"eps": 1.0}, "eps"), ({"eps": -0.1}, "eps"),
-     ({"pattern": "zigzag"}, "paper, random-sign"), ({"directions": "both"}, "symmetric, positive"), ({"weight": 0.0}, "weight"), ({"per_step": 7}, "per step")],
+     ({"pattern": "zigzag"}, "paper, random-sign"), ({"directions": "both"}, "symmetric, positive"),
+     ({"weight": 0.0}, "weight"), ({"per_step": 7}, "per step")],
 )
 def test_bad_fingerprint_settings_raise_config_error(settings: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
