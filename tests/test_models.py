@@ -114,6 +114,7 @@ def test_checkpoint_round_trip_and_cache(digits: DataSplits, tmp_path: Path) -> 
     config = TrainConfig(epochs=1, batch_size=256)
     clf, meta, directory = load_or_train("small-cnn", digits, config, cache_dir=tmp_path, progress=False)
     assert 0.0 <= meta["clean_accuracy"] <= 1.0 and (directory / "model.safetensors").is_file()
+    assert all(p.is_contiguous() for p in clf.parameters())  # trained channels_last, returned contiguous
     again, meta2, directory2 = load_or_train("small-cnn", digits, config, cache_dir=tmp_path, progress=False)
     assert directory2 == directory and meta2["clean_accuracy"] == meta["clean_accuracy"]
     x = digits.test.x[:10]
