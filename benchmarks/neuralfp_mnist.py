@@ -7,7 +7,7 @@ under `<out>/cache`, so re-runs only redo what is missing):
   detect    `neuralfp` (min over classes) and `neuralfp:score_kind=predicted` on every attack: AUC, TPR at 5% FPR
             (threshold from clean validation images; the method never sees adversarial examples)
   protocol  where the AUC is lost, on the cached test attacks: our protocol (successful examples vs the disjoint
-            clean half) beside the reference code's (every attack output of a correctly classified source, failed
+            clean half, with a 95% bootstrap interval over the test images) beside the reference code's (every attack output of a correctly classified source, failed
             ones included, vs those sources' clean images), the clean score's upper tail (and how many of its
             images the model is unsure of), and JSMA split by whether the attack spent its whole pixel budget
   adaptive  Adaptive-CW-L2 (eq. 29) aimed at the target class's fingerprints: attack success, mean L2, and the
@@ -110,7 +110,8 @@ def main() -> None:
                         "success_rate": attack.success_rate, "n": attack.n_attacked, "mean_l2": attack.mean_l2})
             for result in report.results:
                 record({"benchmark": "neuralfp_detect", **tag, "detector": result.detector, "attack": result.attack,
-                        "auc": result.auc, "tpr_at_fpr05": result.tpr_at_fpr05, "fpr_at_tpr99": result.fpr_at_tpr99,
+                        "auc": result.auc, "auc_ci95": result.auc_ci95,
+                        "tpr_at_fpr05": result.tpr_at_fpr05, "fpr_at_tpr99": result.fpr_at_tpr99,
                         "n_clean": result.n_clean, "n_adv": result.n_adv})
         if "protocol" in args.phases:
             for row in protocols(clf, model_dir, data, args):
@@ -154,6 +155,7 @@ def protocols(clf: Any, model_dir: Path, data: Any, args: argparse.Namespace) ->
                 source_scores = detector.score(sources).numpy()
             row = {"detector": spec, "attack": attack, "success_rate": adv.success_rate, "n_adv": int(success.sum()),
                    "auc_ours": 100 * metrics.auc(clean_scores, adv_scores[success]),
+                   "auc_ours_ci95": [100 * v for v in metrics.auc_interval(clean_scores, adv_scores[success])],
                    "auc_reference": 100 * metrics.auc(source_scores, adv_scores), **tail}
             if adv.attack == "jsma":
                 budget = 2 * int(adv.params["gamma"] * adv.x_adv[0].numel() / 2)

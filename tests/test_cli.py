@@ -83,6 +83,7 @@ def test_train_attack_evaluate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
         assert {"detector", "attack", "auc", "tpr_at_fpr05", "fpr_at_tpr95", "n_clean", "n_adv"} <= set(r)
         assert r["error"] is None, r["error"]
         assert r["n_clean"] > 0 and r["n_adv"] > 0 and 0.0 <= r["auc"] <= 1.0
+        assert r["auc_ci95"][0] <= r["auc"] <= r["auc_ci95"][1]
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 0
     assert any((tmp_path / "cache" / "adv").rglob("*.safetensors"))
 

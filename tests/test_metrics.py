@@ -42,3 +42,24 @@ def test_auc_matches_pairwise_definition() -> None:
 def test_bad_scores_raise(clean: list[float], adv: list[float]) -> None:
     with pytest.raises(InputError):
         metrics.auc(clean, adv)
+
+
+def test_auc_interval_covers_the_true_auc_and_narrows_with_more_scores() -> None:
+    rng = np.random.default_rng(1)
+    true_auc = 0.7602  # P(N(1, 1) > N(0, 1)) = Phi(1 / sqrt(2))
+    widths = []
+    for n in (100, 1600):
+        clean, adv = rng.normal(size=n), rng.normal(1.0, size=n)
+        low, high = metrics.auc_interval(clean, adv, n_resamples=500)
+        assert low < metrics.auc(clean, adv) < high
+        assert low < true_auc < high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # the width shrinks like 1 / sqrt(n)
+    assert metrics.auc_interval(np.arange(50.0), np.arange(50.0) + 100) == (1.0, 1.0)
+    assert metrics.auc_interval(clean, adv, n_resamples=200) == metrics.auc_interval(clean, adv, n_resamples=200)
+
+
+@pytest.mark.parametrize("kwargs", [{"level": 1.0}, {"level": 0.0}, {"n_resamples": 0}])
+def test_auc_interval_rejects_bad_settings(kwargs: dict[str, float]) -> None:
+    with pytest.raises(InputError):
+        metrics.auc_interval([0.0, 1.0], [2.0, 3.0], **kwargs)

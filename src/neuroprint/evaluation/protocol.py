@@ -99,7 +99,8 @@ class AttackSummary:
 
 @dataclass
 class DetectionResult:
-    """Metrics of one detector on one test attack (AUC, TPR and FPR as fractions in [0, 1]).
+    """Metrics of one detector on one test attack (AUC, TPR and FPR as fractions in [0, 1]); `auc_ci95` is the
+    AUC's 95% bootstrap interval over the test images (`metrics.auc_interval`).
 
     When the detector could not be fit, `error` says why and the metrics are None.
     """
@@ -108,6 +109,7 @@ class DetectionResult:
     attack: str
     fit_attacks: list[str]
     auc: float | None = None
+    auc_ci95: tuple[float, float] | None = None
     tpr_at_fpr05: float | None = None
     fpr_at_tpr95: float | None = None
     fpr_at_tpr99: float | None = None
@@ -307,12 +309,14 @@ def _fit_and_test(
         adv_scores = _scores(detector, x_adv)
         per_image = (time.perf_counter() - start) / len(x_adv)
         fprs, tprs = metrics.roc(clean_scores, adv_scores)
+        low, high = auc_ci95 = metrics.auc_interval(clean_scores, adv_scores)
         results.append(
             DetectionResult(
                 detector=spec,
                 attack=attack,
                 fit_attacks=fit_group if detector.needs_adversarial_examples else [],
                 auc=metrics.auc(clean_scores, adv_scores),
+                auc_ci95=auc_ci95,
                 tpr_at_fpr05=metrics.tpr_at_fpr(clean_scores, adv_scores, 0.05),
                 fpr_at_tpr95=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.95),
                 fpr_at_tpr99=metrics.fpr_at_tpr(clean_scores, adv_scores, 0.99),
@@ -324,7 +328,8 @@ def _fit_and_test(
                 roc=(fprs.tolist(), tprs.tolist()),
             )
         )
-        log(f"  {spec} vs {attack}: AUC {results[-1].auc:.4f}, TPR@5%FPR {results[-1].tpr_at_fpr05:.4f}")
+        log(f"  {spec} vs {attack}: AUC {results[-1].auc:.4f} (95% CI {low:.4f}-{high:.4f}), "
+            f"TPR@5%FPR {results[-1].tpr_at_fpr05:.4f}")
     return results
 
 
