@@ -90,6 +90,16 @@ def test_jsma_changes_at_most_gamma_of_the_pixels(results, batch) -> None:  # ty
     assert int(changed.min()) >= 1
 
 
+def test_jsma_on_probabilities_reaches_its_targets_within_budget(tiny_classifier: Classifier, batch) -> None:  # type: ignore[no-untyped-def]
+    x, y = batch
+    logits_result = make_attack("jsma:gamma=0.2")(tiny_classifier, x, y)
+    result = make_attack("jsma:gamma=0.2,jacobian=probabilities")(tiny_classifier, x, y)
+    changed = ((result.x_adv - x).flatten(1) != 0).sum(dim=1)
+    assert float(result.success.float().mean()) >= MIN_SUCCESS["jsma"]
+    assert int(changed.max()) <= 2 * int(0.2 * x[0].numel() / 2)
+    assert not torch.equal(result.x_adv, logits_result.x_adv)  # a different saliency ranks different pixel pairs
+
+
 def test_bim_a_stops_each_example_at_its_first_misclassification(tiny_classifier: Classifier, batch) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
     short = make_attack("bim-a:steps=5")(tiny_classifier, x, y)
@@ -214,6 +224,7 @@ def test_spec_parsing() -> None:
         ("pgd:random_start=yes", "random_start must be true or false"),
         ("pgd:foo=1", r"unknown parameter\(s\) foo for attack 'pgd'; valid: eps, alpha"),
         ("jsma:theta=0", "theta"),
+        ("jsma:jacobian=softmax", "jacobian must be one of logits, probabilities"),
         ("ead:decision_rule=L2", "decision_rule must be one of EN, L1"),
         ("deepfool:candidates=1", "candidates"),
         ("torchattacks.APGD:norm", "key=value"),
