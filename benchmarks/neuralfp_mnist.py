@@ -7,9 +7,10 @@ under `<out>/cache`, so re-runs only redo what is missing):
   detect    `neuralfp` (min over classes) and `neuralfp:score_kind=predicted` on every attack: AUC, TPR at 5% FPR
             (threshold from clean validation images; the method never sees adversarial examples)
   protocol  where the AUC is lost, on the cached test attacks: our protocol (successful examples vs the disjoint
-            clean half, with a 95% bootstrap interval over the test images) beside the reference code's (every attack output of a correctly classified source, failed
-            ones included, vs those sources' clean images), the clean score's upper tail (and how many of its
-            images the model is unsure of), and JSMA split by whether the attack spent its whole pixel budget
+            clean half, with a 95% bootstrap interval over the test images) beside the reference code's (every
+            attack output of a correctly classified source, failed ones included, vs those sources' clean
+            images), the clean score's upper tail (and how many of its images the model is unsure of), and JSMA
+            split by whether the attack spent its whole pixel budget
   adaptive  Adaptive-CW-L2 (eq. 29) aimed at the target class's fingerprints: attack success, mean L2, and the
             share of successful attacks the defender still flags at its 5%-FPR threshold
   speed     one detection (a forward pass over (N + 1) x 256 inputs) vs N + 1 plain forward passes of 256 images

@@ -23,12 +23,13 @@ class JSMA(Attack):
     Each example gets a random target class different from its label. Per iteration, for every pair of pixels
     (p, q) still in the search domain, with alpha = d(Z_t)/dx and beta = d(sum_{j != t} Z_j)/dx summed over the
     pair, the pair with alpha > 0, beta < 0 maximising ``alpha * |beta|`` (signs flipped when theta < 0) is
-    changed by `theta` and removed from the domain. Z are the logits (Carlini & Wagner's "JSMA-Z") or the softmax
-    probabilities ("JSMA-F": the LID and NeuralFP reference code attack a model that ends in a softmax; the
-    probabilities sum to 1, so beta = -alpha and the rule ranks pairs by alpha alone). When no pair meets the sign conditions, the pair maximising
-    ``alpha - beta`` is taken. An example stops when it is classified as its target, after
-    ``floor(gamma * F / 2)`` iterations (F = C*H*W), or when fewer than two pixels remain in its domain. L0 attack: success is reported
-    as untargeted misclassification by the base. Inputs `[N, C, H, W]` in the classifier's bounds.
+    changed by `theta` and removed from the domain. Z are the logits (Carlini & Wagner's "JSMA-Z") or the
+    softmax probabilities ("JSMA-F": the LID and NeuralFP reference code attack a model that ends in a softmax;
+    the probabilities sum to 1, so beta = -alpha and the rule ranks pairs by alpha alone). When no pair meets
+    the sign conditions, the pair maximising ``alpha - beta`` is taken. An example stops when it is classified
+    as its target, after ``floor(gamma * F / 2)`` iterations (F = C*H*W), or when fewer than two pixels remain
+    in its domain. L0 attack: success is reported as untargeted misclassification by the base. Inputs
+    `[N, C, H, W]` in the classifier's bounds.
 
     Args:
         theta: change applied to a chosen pixel, in [-1, 1] and not 0, default 1.0 (pixels go to the upper bound).
