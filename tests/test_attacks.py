@@ -90,10 +90,10 @@ def test_jsma_changes_at_most_gamma_of_the_pixels(results, batch) -> None:  # ty
     assert int(changed.min()) >= 1
 
 
-def test_jsma_on_probabilities_reaches_its_targets_within_budget(tiny_classifier: Classifier, batch) -> None:  # type: ignore[no-untyped-def]
+def test_jsma_on_probabilities_reaches_its_targets_within_budget(tiny_classifier: Classifier, batch, results) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
-    logits_result = make_attack("jsma:gamma=0.2")(tiny_classifier, x, y)
-    result = make_attack("jsma:gamma=0.2,jacobian=probabilities")(tiny_classifier, x, y)
+    logits_result = results["jsma"][0]  # SPECS["jsma"]: the same attack on the logits
+    result = make_attack(SPECS["jsma"] + ",jacobian=probabilities")(tiny_classifier, x, y)
     changed = ((result.x_adv - x).flatten(1) != 0).sum(dim=1)
     assert float(result.success.float().mean()) >= MIN_SUCCESS["jsma"]
     assert int(changed.max()) <= 2 * int(0.2 * x[0].numel() / 2)
