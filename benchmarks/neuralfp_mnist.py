@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from common import emit, interleaved_medians
 
-from neuroprint.attacks.adaptive_neuralfp import AdaptiveCWNeuralFP
+from neuroprint.adaptive.neuralfp_cw import AdaptiveCWNeuralFP
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics

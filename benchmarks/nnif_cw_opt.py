@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from common import emit, load_cached_attack, load_cached_model
 
-from neuroprint.attacks.cw_opt import CWOpt
+from neuroprint.adaptive.cw_opt import CWOpt
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics

@@ -14,7 +14,7 @@ from torch import nn
 from neuroprint.data import DataSplits
 from neuroprint.detectors.bank import BankDetector, authors_default_layers
 from neuroprint.detectors.base import Detector
-from neuroprint.errors import ConfigError, InputError, NotFittedError
+from neuroprint.errors import ConfigError, InputError
 from neuroprint.models import Classifier
 
 
@@ -359,19 +359,3 @@ def test_d_larger_than_layer_and_too_few_fingerprints(tiny_classifier: Classifie
         BankDetector(layers=["fc1", "logits"], subset="concat", d=100).fit(tiny_classifier, x, y, x)
     with pytest.raises(InputError, match="fingerprints pass the selection rule"):
         BankDetector(d=4, n_candidates=200, k=5).fit(tiny_classifier, x, y, x)  # "adversarial" = clean: no signal
-
-
-def test_detector_aware_pgd_lowers_the_bank_score(fitted_bank: tuple[BankDetector, torch.Tensor], digits: DataSplits) -> None:
-    from neuroprint.attacks import make_attack
-    from neuroprint.attacks.adaptive import DetectorAwarePGD
-
-    det, _ = fitted_bank
-    x, y = digits.test.x[:40], digits.test.y[:40]
-    plain = make_attack("pgd:eps=0.3,alpha=0.05,steps=10")(det.classifier_, x, y)
-    adaptive = DetectorAwarePGD(det, eps=0.3, alpha=0.05, steps=10, c=0.05)(det.classifier_, x, y)
-    assert float((adaptive.x_adv - x).abs().max()) <= 0.3 + 1e-6 and adaptive.x_adv.min() >= 0 and adaptive.x_adv.max() <= 1
-    assert adaptive.success.any()
-    with torch.no_grad():
-        assert det.score(adaptive.x_adv[adaptive.success]).mean() < det.score(plain.x_adv[plain.success]).mean()
-    with pytest.raises(NotFittedError):
-        DetectorAwarePGD(BankDetector())

@@ -88,9 +88,45 @@ def test_train_attack_evaluate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     assert any((tmp_path / "cache" / "adv").rglob("*.safetensors"))
 
 
+def test_robustness_reports_sr_per_attack_and_worst_case(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ck = tmp_path / "model"
+    train_digits(monkeypatch, capsys, ck)
+    record = tmp_path / "robustness.json"
+    args = ["robustness", "-d", "digits", "-m", str(ck), "--detector", "mahalanobis", "--detector", "bank:min_effect=50",
+            "--eps", "0.3", "--eps", "l2:1", "-a", "joint", "-a", "high-confidence", "--fit-attack", "pgd:steps=5",
+            "--n-fit", "270", "--n-attack", "20", "--steps", "20", "--out-dir", str(tmp_path / "rob"),
+            "--json", str(record), "--cache-dir", str(tmp_path / "cache")]
+    code, out, err = run(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "| mahalanobis | linf:0.3 |" in out and "worst case" in out and "not evaluated" in out
+    data = json.loads(record.read_text())
+    assert {"kind", "dataset", "seed", "versions", "git", "config", "model", "outcomes"} <= set(data)
+    maha, bank = data["outcomes"]
+    assert "selection rule" in bank["error"]  # a detector that cannot be fit is reported, and the run goes on
+    assert set(maha["worst_case"]) == {"linf:0.3", "l2:1"} and 0.0 <= maha["fpr_test"] <= 1.0
+    for attack in maha["attacks"]:
+        assert 0.0 <= attack["sr"] <= attack["fooled"] <= 1.0 and attack["n"] > 0 and len(attack["curve"]) == 20
+        assert attack["sr"] <= maha["worst_case"][attack["budget"]]
+    assert maha["no_detector"]["linf:0.3"] >= 0.9  # the budget's attack success with no detector beside it
+    assert (tmp_path / "rob" / "convergence.png").stat().st_size > 0
+    cached = sorted((tmp_path / "cache" / "robustness").rglob("*.safetensors"))
+    assert len(cached) == 4
+    code, _, err = run(monkeypatch, capsys, *args)  # a rerun reuses every attack
+    assert code == 0, err
+    assert err.count("(0 s)") == 4
+    assert sorted((tmp_path / "cache" / "robustness").rglob("*.safetensors")) == cached
+    assert json.loads(record.read_text())["outcomes"][0]["worst_case"] == maha["worst_case"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["robustness", "-d", "digits", "--detector", "lid", "--eps", "l3:0.3"], "unknown norm 'l3'"),
+        (["robustness", "-d", "digits", "--detector", "lid", "--eps", "1.5"], "linf eps must be in (0, 1.0]"),
+        (["robustness", "-d", "digits", "--detector", "lid", "-a", "pgd"], "unknown adaptive attack 'pgd'; valid: "),
+        (["robustness", "-d", "digits", "--detector", "nope"], "unknown detector 'nope'"),
         (["train", "-d", "nope"], "unknown dataset 'nope'; valid: "),
         (["train", "-d", "digits", "-m", "vgg"], "unknown model 'vgg'; valid: "),
         (["train", "-d", "digits", "--epochs", "0"], "epochs must be >= 1"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuroprint.attacks.cw_opt import CWOpt, logits_and_embedding
+from neuroprint.adaptive.cw_opt import CWOpt, logits_and_embedding
 from neuroprint.data import DataSplits
 from neuroprint.detectors.influence import forward_with_embedding
 from neuroprint.detectors.nnif import NNIFDetector

@@ -28,7 +28,7 @@ CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
 # Held-out AUC each detector must exceed on digits PGD (default 0.9). DkNN is a weak baseline against this strong
 # attack (0.89 with the parameters above; the NNIF paper's DkNN also trails, e.g. 86.8 AUC on CIFAR-10 PGD).
 MIN_AUC: dict[str, float] = {"dknn": 0.8}
-DIFFERENTIABLE = ["bank", "distance-space", "kdbu", "lid", "mahalanobis", "neuralfp"]  # detectors whose docstring promises a differentiable score
+DIFFERENTIABLE = ["bank", "binary-activation", "distance-space", "kdbu", "lid", "mahalanobis", "neuralfp"]  # detectors whose docstring promises a differentiable score
 OWN_MODEL = {"neuralfp"}  # detectors that need a model trained for them (the `fp_classifier` fixture)
 FEATURE_MODE = {"mahalanobis": {"noise_magnitudes": [0.0]}}  # parameters under which a detector shares features
 

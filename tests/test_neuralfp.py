@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from neuroprint.attacks.adaptive_neuralfp import AdaptiveCWNeuralFP
+from neuroprint.adaptive.neuralfp_cw import AdaptiveCWNeuralFP
 from neuroprint.data import DataSplits
 from neuroprint.detectors import Detector, make_detector
 from neuroprint.errors import ConfigError, InputError

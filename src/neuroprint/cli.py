@@ -1,4 +1,4 @@
-"""The `neuroprint` command line: list, train, attack, evaluate, demo, ownership.
+"""The `neuroprint` command line: list, train, attack, evaluate, robustness, demo, ownership.
 
 Every `NeuroprintError` (bad names, bad values, missing or corrupt files) becomes one line on stderr and exit code 2.
 """
@@ -36,10 +36,12 @@ def _echo(message: str) -> None:
 @app.command("list")
 def list_registered() -> None:
     """List the registered datasets, models, attacks and detectors."""
-    import neuroprint  # noqa: F401  (registers everything)
-    from neuroprint.registry import ATTACKS, DATASETS, DETECTORS, MODELS
+    import neuroprint
+    import neuroprint.adaptive  # noqa: F401  (registers the adaptive attacks)
+    from neuroprint.registry import ADAPTIVE_ATTACKS, ATTACKS, DATASETS, DETECTORS, MODELS
 
-    for title, reg in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS), ("detectors", DETECTORS)):
+    for title, reg in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS), ("detectors", DETECTORS),
+                       ("adaptive attacks", ADAPTIVE_ATTACKS)):
         typer.echo(f"{title}: {', '.join(reg.available())}")
     typer.echo("attacks also accept torchattacks.<Class>:key=value,... and name:key=value,...")
 
@@ -147,6 +149,49 @@ def evaluate(
         cache_dir=cache_dir, device=device,
     )
     report = run_evaluation(config, log=_echo)
+    paths = write_outputs(report, out_dir, json_path)
+    typer.echo(markdown_table(report))
+    typer.echo(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+def robustness(
+    detector: Annotated[list[str], typer.Option("--detector", help="detector spec (repeatable), e.g. bank:sampling=secure")],
+    eps: Annotated[list[str] | None, typer.Option("--eps", help="budget (repeatable): 0.3 or linf:0.3 (L-inf), l2:2 "
+                                                               "(L2), pixel units of [0, 1] images")] = None,
+    attack_specs: Annotated[list[str] | None, typer.Option("--attack", "-a", help="adaptive attack spec (repeatable; "
+                                                           "default: the whole suite, see `neuroprint list`)")] = None,
+    dataset: Dataset = "mnist",
+    data_path: DataPath = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="architecture to train/cache, or a checkpoint dir")] = "mnist-net",
+    fit_attack: Annotated[str, typer.Option(help="attack the detectors are fit on (validation split)")] = "pgd",
+    n_fit: Annotated[int, typer.Option(help="validation source images (half clean, half attacked)")] = 1000,
+    n_attack: Annotated[int, typer.Option(help="correctly classified test images to attack")] = 100,
+    steps: Annotated[int, typer.Option(help="gradient steps per attack and restart")] = 200,
+    restarts: Annotated[int, typer.Option(help="random restarts per attack (the first starts at the image)")] = 1,
+    eot: Annotated[int | None, typer.Option(help="randomized detectors: EOT over this many draws per step "
+                                                 "(default: the exact expectation over draws)")] = None,
+    fpr: Annotated[float, typer.Option(help="false-positive rate the thresholds are set at")] = 0.05,
+    epochs: Annotated[int, typer.Option(help="training epochs when the model is trained here")] = 4,
+    seed: Seed = 0,
+    out_dir: Annotated[Path, typer.Option(help="where robustness.md, convergence.png and robustness.json go")] = Path("runs/robustness"),
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the JSON record here")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="cache of models, adversarial sets and adaptive attacks")] = Path("runs/cache"),
+    device: Device = "cpu",
+) -> None:
+    """Attack every detector with adaptive attackers who know it; prints SR@FPR per attack, budget and worst case."""
+    from neuroprint.adaptive.report import markdown_table, write_outputs
+    from neuroprint.adaptive.robustness import RobustnessConfig, run_robustness
+    from neuroprint.models.training import TrainConfig
+
+    config = RobustnessConfig(
+        detectors=detector, budgets=eps or ["linf:0.1", "linf:0.3"], attacks=attack_specs, dataset=dataset,
+        dataset_options=_dataset_options(data_path), model=model,
+        train=TrainConfig(epochs=epochs, lr_drop_epoch=min(3, epochs - 1), seed=seed), fit_attack=fit_attack,
+        n_fit=n_fit, n_attack=n_attack, steps=steps, restarts=restarts, eot=eot, fpr=fpr, seed=seed,
+        cache_dir=cache_dir, device=device,
+    )
+    report = run_robustness(config, log=_echo)
     paths = write_outputs(report, out_dir, json_path)
     typer.echo(markdown_table(report))
     typer.echo(f"\nwritten: {', '.join(str(p) for p in paths.values())}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from neuroprint.detectors import bank as _bank  # noqa: F401  (registers "bank")
+from neuroprint.detectors import binary_activation as _binary  # noqa: F401  (registers "binary-activation")
 from neuroprint.detectors import distance_space as _distance_space  # noqa: F401  (registers "distance-space")
 from neuroprint.detectors import dknn as _dknn  # noqa: F401  (registers "dknn")
 from neuroprint.detectors import kdbu as _kdbu  # noqa: F401  (registers "kdbu")

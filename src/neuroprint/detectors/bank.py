@@ -216,8 +216,9 @@ class BankDetector(Detector):
         self.output_cap = output_cap
 
     # -- features ----------------------------------------------------------------------------------------------
-    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [N, K], concatenated activations [N, D]) of one differentiable forward pass."""
+    def activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits `[N, K]`, concatenated activations `[N, D]`) of images `x` in one forward pass, differentiable in
+        `x`: what `score_activations` reads."""
         logits, acts = activations(self.classifier_, x, self.layers_, self.pooling)
         return logits, torch.cat([acts[n] for n in self.layers_], dim=1)
 
@@ -449,12 +450,13 @@ class BankDetector(Detector):
         """Score `[N]` for images `x` `[N, C, H, W]` in the pixel bounds (higher = more adversarial)."""
         self._check_fitted()
         self.classifier_.check_input(x)
-        logits, feats = self._features(x.to(self.classifier_.device))
-        return self._score_features(logits.cpu(), feats.cpu())
+        logits, feats = self.activations(x.to(self.classifier_.device))
+        return self.score_activations(logits.cpu(), feats.cpu())
 
-    def _score_features(self, logits: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Score `[N]` from logits `[N, K]` and concatenated activations `feats` `[N, D]`: the fingerprint score,
-        plus the output term when `output_cap` is on."""
+    def score_activations(self, logits: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Score `[N]` from logits `[N, K]` and concatenated activations `feats` `[N, D]` (from `activations`): the
+        fingerprint score, plus the output term when `output_cap` is on. Differentiable in both; one call is one
+        draw (for sampling "seeded" or "secure"), so several calls on the same activations give EOT samples."""
         pred = logits.argmax(1)
         if self.output_cap is None:
             return self._fingerprint_score(pred, feats)

@@ -70,3 +70,14 @@ def roc(clean: ArrayLike, adv: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     c, a = _as_scores(clean, adv)
     fprs, tprs, _ = roc_curve(np.r_[np.zeros(c.size), np.ones(a.size)], np.r_[c, a])
     return fprs, tprs
+
+
+def success_rate_at_threshold(fooled: ArrayLike, flagged: ArrayLike) -> float:
+    """SR@FPR (Bryniarski et al., ICLR 2022, arXiv 2106.15023): the share of attacked images `[N]` that the
+    classifier misclassifies (`fooled`) and the detector does not flag at its threshold (`flagged`, the threshold
+    set at the chosen FPR on clean validation images), in [0, 1]; lower = a stronger defence."""
+    f, d = np.asarray(fooled, dtype=bool).ravel(), np.asarray(flagged, dtype=bool).ravel()
+    if f.size == 0 or f.shape != d.shape:
+        raise InputError(f"fooled and flagged must be non-empty and of equal length, got {f.size} and {d.size}")
+    return float((f & ~d).mean())
+

@@ -164,6 +164,31 @@ def draw_sources(n_available: int, n: int, seed: int) -> tuple[torch.Tensor, tor
     return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
 
 
+@dataclass
+class ProtocolSplits:
+    """The protocol's disjoint image sets (module docstring): clean validation images to fit on (`val_clean`) and
+    to set thresholds on (`val_calib`, a quarter held out from fitting), the validation sources to attack for
+    fitting (`val_adv_index`), correctly classified clean test images (`test_clean`) and the test sources to
+    attack (`test_adv_index`)."""
+
+    val_clean: Split
+    val_calib: Split
+    val_adv_index: torch.Tensor
+    test_clean: Split
+    test_adv_index: torch.Tensor
+
+
+def protocol_splits(classifier: Classifier, data: DataSplits, n_fit: int, n_test: int, seed: int) -> ProtocolSplits:
+    """Seeded draw of the protocol's image sets: `n_fit` validation and `n_test` test sources, each cut in two
+    disjoint halves (clean, attacked); only correctly classified clean images are kept."""
+    val_clean_idx, val_adv_idx = draw_sources(len(data.val), n_fit, seed)
+    test_clean_idx, test_adv_idx = draw_sources(len(data.test), n_test, seed + 1)
+    val_clean = correct_clean(classifier, data.val, val_clean_idx)
+    calib_mask = torch.rand(len(val_clean), generator=torch.Generator().manual_seed(seed + 2)) < 0.25
+    return ProtocolSplits(val_clean.subset(~calib_mask), val_clean.subset(calib_mask), val_adv_idx,
+                          correct_clean(classifier, data.test, test_clean_idx), test_adv_idx)
+
+
 def correct_clean(classifier: Classifier, split: Split, index: torch.Tensor) -> Split:
     """The images at `index` that `classifier` labels correctly."""
     sub = split.subset(index)
@@ -225,17 +250,14 @@ def _summary(spec: str, adv: AdversarialSet, split_name: str, seconds: float) ->
 def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) -> EvalReport:
     """Run the protocol; returns every attack summary and every (detector, attack) result."""
     data = load_dataset(config.dataset, **config.dataset_options)
-    classifier, model_dir = _model(config, data, progress, log)
+    classifier, model_dir = load_model(config.model, data, config.train, config.cache_dir, config.device, progress, log)
     clean_acc = accuracy(classifier, data.test)
     model_tag = Path(model_dir).name
     log(f"model {model_tag}: clean test accuracy {clean_acc:.4f}")
 
-    val_clean_idx, val_adv_idx = draw_sources(len(data.val), config.n_fit, config.seed)
-    test_clean_idx, test_adv_idx = draw_sources(len(data.test), config.n_test, config.seed + 1)
-    val_clean = correct_clean(classifier, data.val, val_clean_idx)
-    calib_mask = torch.rand(len(val_clean), generator=torch.Generator().manual_seed(config.seed + 2)) < 0.25
-    val_calib, val_clean = val_clean.subset(calib_mask), val_clean.subset(~calib_mask)
-    test_clean = correct_clean(classifier, data.test, test_clean_idx)
+    splits_ = protocol_splits(classifier, data, config.n_fit, config.n_test, config.seed)
+    val_clean, val_calib, test_clean = splits_.val_clean, splits_.val_calib, splits_.test_clean
+    val_adv_idx, test_adv_idx = splits_.val_adv_index, splits_.test_adv_index
 
     summaries: list[AttackSummary] = []
     adv_sets: dict[tuple[str, str], AdversarialSet] = {}
@@ -340,10 +362,13 @@ def _scores(detector: Detector, x: torch.Tensor, batch_size: int = 500) -> np.nd
     return np.concatenate(parts)
 
 
-def _model(config: EvalConfig, data: DataSplits, progress: bool, log: Log) -> tuple[Classifier, str]:
-    if Path(config.model).is_dir():
-        classifier, _ = load_checkpoint(config.model)
-        return classifier.to(config.device), config.model
-    log(f"model {config.model} on {data.name}: loading from cache or training ({config.train.epochs} epochs)")
-    classifier, _, directory = load_or_train(config.model, data, config.train, config.cache_dir / "models", progress, config.device)
+def load_model(model: str, data: DataSplits, train: TrainConfig, cache_dir: Path, device: str, progress: bool,
+               log: Log) -> tuple[Classifier, str]:
+    """`model` as a checkpoint directory, or a zoo architecture trained on `data` with `train` (cached under
+    `cache_dir`/models); returns the classifier and its directory."""
+    if Path(model).is_dir():
+        classifier, _ = load_checkpoint(model)
+        return classifier.to(device), model
+    log(f"model {model} on {data.name}: loading from cache or training ({train.epochs} epochs)")
+    classifier, _, directory = load_or_train(model, data, train, cache_dir / "models", progress, device)
     return classifier, str(directory)

@@ -1,0 +1,78 @@
+"""The papers' own adaptive attacks under the common interface, judged inside the common budget.
+
+- `neuralfp-cw`: Adaptive-CW-L2 of the NeuralFP paper (Dathathri et al., arXiv 1803.03870, eq. 29;
+  `neuroprint.adaptive.neuralfp_cw`), aimed at the defender's threshold from the view.
+- `cw-opt`: CW-Opt of the NNIF paper (Cohen et al., arXiv 1909.06872, eq. 2-3; `neuroprint.adaptive.cw_opt`).
+
+Both minimise the L2 perturbation with no budget of their own; their output is projected onto the attack's budget
+(L-inf or L2 ball) before it is judged, so a figure at a budget counts only perturbations inside it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from neuroprint.adaptive.base import AdaptiveAttack, AdaptiveResult
+from neuroprint.adaptive.cw_opt import CWOpt
+from neuroprint.adaptive.neuralfp_cw import AdaptiveCWNeuralFP
+from neuroprint.adaptive.views import DetectorView
+from neuroprint.attacks.base import Attack
+from neuroprint.checks import check_float, check_int
+from neuroprint.detectors.nnif import NNIFDetector
+from neuroprint.models.classifier import Classifier
+from neuroprint.registry import ADAPTIVE_ATTACKS
+
+
+class PaperAttack(AdaptiveAttack):
+    """Runs `inner(view)` (a plain `Attack`), projects onto the budget and judges the result with the view."""
+
+    def inner(self, view: DetectorView) -> Attack:
+        raise NotImplementedError
+
+    def direction(self, classifier: Classifier, view: DetectorView, adv: torch.Tensor, y: torch.Tensor,
+                  state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # not a gradient-step attack: __call__ is overridden
+
+    def __call__(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int = 100, progress: bool = False) -> AdaptiveResult:
+        self._check_applies(view)
+        result = self.inner(view)(classifier, x, y, batch_size=batch_size, progress=progress)
+        adv = self._project(x, result.x_adv, classifier)
+        with torch.no_grad():
+            out = view(adv)
+        fooled = out.logits.argmax(1).cpu() != y
+        image_steps = len(x) * self.params["steps"] * self.params.get("search_steps", 1)
+        return AdaptiveResult(adv, fooled, fooled & view.evades(out.check).cpu(), [], image_steps)
+
+
+@ADAPTIVE_ATTACKS.register("neuralfp-cw")
+class NeuralFPCW(PaperAttack):
+    """Adaptive-CW-L2 against NeuralFP: `steps` Adam steps per bisection round over `search_steps` rounds."""
+
+    name = "neuralfp-cw"
+    applies_to = ("neuralfp",)
+
+    def __init__(self, search_steps: int = 4, **base: Any) -> None:
+        super().__init__(**{"steps": 100, **base})
+        self.params["search_steps"] = check_int("search_steps", search_steps)
+
+    def inner(self, view: DetectorView) -> Attack:
+        return AdaptiveCWNeuralFP(threshold=view.threshold, steps=self.params["steps"],
+                                  search_steps=self.params["search_steps"], random_state=self.params["random_state"])
+
+
+@ADAPTIVE_ATTACKS.register("cw-opt")
+class CWOptAttack(PaperAttack):
+    """CW-Opt against NNIF: `steps` Adam steps with weight `c` (default 1)."""
+
+    name = "cw-opt"
+    applies_to = ("nnif",)
+
+    def __init__(self, c: float = 1.0, **base: Any) -> None:
+        super().__init__(**base)
+        self.params["c"] = check_float("c", c, 0.0, 1e6)
+
+    def inner(self, view: DetectorView) -> Attack:
+        assert isinstance(view.detector, NNIFDetector)
+        return CWOpt(view.detector, c=self.params["c"], steps=self.params["steps"])

@@ -1,0 +1,76 @@
+"""Tables, convergence curves and the JSON record of a `RobustnessReport` (written atomically)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from neuroprint.adaptive.robustness import RobustnessReport
+from neuroprint.io import atomic_path, write_json
+
+
+def markdown_table(report: RobustnessReport) -> str:
+    """Per detector and budget: SR@FPR (%) of every attack, the worst case over them (per image), the budget's
+    attack success with no detector, and the FPR reached on clean test images."""
+    c = report.config
+    attacks = list(dict.fromkeys(a.attack for o in report.outcomes for a in o.attacks))
+    pct = f"{100 * c.fpr:g}%"
+    lines = [
+        (f"SR@{pct}FPR on {c.dataset} (model clean accuracy {100 * report.clean_accuracy:.2f}%): share of "
+         f"{c.n_attack} attacked test images misclassified and not flagged, in %; detectors fit on {c.fit_attack}, "
+         f"thresholds at {pct} FPR on clean validation images; {c.steps} steps x {c.restarts} restart(s) per attack."),
+        "",
+        "| detector | budget | " + " | ".join(attacks) + " | **worst case** | no detector | FPR test |",
+        "|---|---|" + "---|" * len(attacks) + "---|---|---|",
+    ]
+    for o in report.outcomes:
+        if o.error is not None:
+            lines.append(f"| {o.detector} | – | not evaluated: {o.error} |" + " |" * (len(attacks) + 2))
+            continue
+        for budget, worst in o.worst_case.items():
+            sr = {a.attack: a.sr for a in o.attacks if a.budget == budget}
+            cells = [f"{100 * sr[a]:.1f}" if a in sr else "–" for a in attacks]
+            none = o.no_detector.get(budget)
+            lines.append(f"| {o.detector} | {budget} | " + " | ".join(cells) + f" | **{100 * worst:.1f}** | "
+                         + (f"{100 * none:.1f}" if none is not None else "–") + f" | {100 * (o.fpr_test or 0):.1f} |")
+    lines += ["", "Attacker's gradient per detector: "
+              + "; ".join(f"{o.detector}: {o.gradient}" for o in report.outcomes if o.error is None) + "."]
+    return "\n".join(lines)
+
+
+def convergence_plot(report: RobustnessReport, path: str | Path) -> None:
+    """One panel per (detector, budget): the share of images evading the attacker's view after each step, one
+    line per attack; a curve that is still rising at the right edge says the attack needed more steps."""
+    panels = [(o, b) for o in report.outcomes for b in o.worst_case]
+    cols = min(4, max(len(panels), 1))
+    rows = max(math.ceil(len(panels) / cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, (o, budget) in zip(axes.flat, panels, strict=False):
+        for a in (a for a in o.attacks if a.budget == budget and a.curve):
+            ax.plot(range(1, len(a.curve) + 1), [100 * v for v in a.curve], label=a.attack, linewidth=1)
+        ax.set(title=f"{o.detector} {budget}", xlabel="step", ylabel="evading (%)", ylim=(0, 101))
+        ax.title.set_fontsize(9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(report: RobustnessReport, out_dir: str | Path, json_path: str | Path | None = None) -> dict[str, Path]:
+    """Write `robustness.md`, `convergence.png` and the JSON record (`json_path`, default `out_dir/robustness.json`)."""
+    out = Path(out_dir)
+    paths = {"table": out / "robustness.md", "curves": out / "convergence.png",
+             "json": Path(json_path or out / "robustness.json")}
+    with atomic_path(paths["table"]) as tmp:
+        tmp.write_text(markdown_table(report) + "\n")
+    convergence_plot(report, paths["curves"])
+    write_json(paths["json"], report.to_json())
+    return paths

@@ -1,0 +1,294 @@
+"""Robustness of detectors against adaptive attackers: SR@FPR per detector, budget and attack, and the worst case.
+
+The protocol of `neuroprint.evaluation.protocol` (same seeded, disjoint splits and cache): every detector is fit
+on clean validation images and validation adversarial examples of `fit_attack`, and its threshold is set at
+`fpr` on held-out clean validation images. Then, for every budget (norm and eps, pixel units of [0, 1] images)
+and every attack of the suite, `n_attack` correctly classified test images are attacked through the attacker's
+view of the detector (`neuroprint.adaptive.views`), and the *defender's* detector judges the result:
+
+    SR@FPR = share of attacked images that are misclassified and not flagged  (`metrics.success_rate_at_threshold`)
+
+The worst case is per image, as AutoAttack reports one: of all the suite's outputs for an image, the attacker
+submits the misclassified one its own view scores lowest, and the defender judges that one. For a deterministic
+detector the view's check is the defender's score, so this counts an image lost when any attack got it through;
+for a randomized one the defender draws once, as it would for a real query (the attacker gets no retries). Beside it: the success of the same budget's PGD with no detector in the loss (the
+high-confidence attack's misclassification rate), and the FPR the threshold actually reaches on clean test images.
+Adaptive outputs are cached under `cache_dir`/robustness, keyed by everything that determines them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from neuroprint.adaptive import make_adaptive_attack
+from neuroprint.adaptive.base import L2_MAX, NORMS, AdaptiveResult
+from neuroprint.adaptive.feature_matching import FeatureMatching
+from neuroprint.adaptive.views import DetectorView, detector_view
+from neuroprint.data import load_dataset
+from neuroprint.detectors import Detector
+from neuroprint.errors import ConfigError, InputError
+from neuroprint.evaluation import metrics
+from neuroprint.evaluation.protocol import (
+    EvalConfig,
+    cached_adversarial_set,
+    correct_clean,
+    load_model,
+    protocol_splits,
+)
+from neuroprint.io import atomic_path, git_commit, versions, write_json
+from neuroprint.models.training import TrainConfig
+from neuroprint.registry import ADAPTIVE_ATTACKS
+from neuroprint.specs import parse_spec
+
+Log = Callable[[str], None]
+#: the gradient attacks run against every detector; attacks with `applies_to` (the papers' own) join for theirs
+SUITE = ("joint", "orthogonal", "selective", "feature-matching", "high-confidence")
+N_TEST_CLEAN = 1000  # test sources drawn at least (half of them clean): the test FPR is measured on ~500 images
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A perturbation budget: `norm` ("linf" or "l2") and `eps` in pixel units of [0, 1] images."""
+
+    norm: str
+    eps: float
+
+    @staticmethod
+    def parse(text: str) -> Budget:
+        """`"linf:0.3"`, `"l2:2"` or a bare number (L-inf)."""
+        norm, _, value = text.rpartition(":")
+        norm = norm or "linf"
+        if norm not in NORMS:
+            raise ConfigError(f"unknown norm {norm!r} in budget {text!r}; valid: {', '.join(NORMS)} (e.g. linf:0.3, l2:2)")
+        try:
+            eps = float(value)
+        except ValueError:
+            raise ConfigError(f"budget {text!r} has no number after the norm (e.g. linf:0.3, l2:2)") from None
+        high = 1.0 if norm == "linf" else L2_MAX
+        if not 0.0 < eps <= high:
+            raise ConfigError(f"{norm} eps must be in (0, {high}], got {eps} in budget {text!r}")
+        return Budget(norm, eps)
+
+    def __str__(self) -> str:
+        return f"{self.norm}:{self.eps:g}"
+
+
+@dataclass
+class RobustnessConfig:
+    """What to measure (module docstring). `attacks` None: the `SUITE` plus the papers' attacks that apply."""
+
+    detectors: list[str]
+    budgets: list[str] = field(default_factory=lambda: ["linf:0.1", "linf:0.3"])
+    attacks: list[str] | None = None
+    dataset: str = "mnist"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    model: str = "mnist-net"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fit_attack: str = "pgd"
+    n_fit: int = 1000
+    n_attack: int = 100
+    steps: int = 200
+    restarts: int = 1
+    eot: int | None = None
+    fpr: float = 0.05
+    seed: int = 0
+    batch_size: int = 100
+    cache_dir: Path = Path("runs/cache")
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.detectors:
+            raise ConfigError("at least one detector is needed (--detector NAME); see `neuroprint list`")
+        if not self.budgets:
+            raise ConfigError("at least one budget is needed (--eps 0.3 or --eps l2:2)")
+        self.parsed_budgets = [Budget.parse(b) for b in self.budgets]
+        for spec in self.attacks or []:
+            make_adaptive_attack(spec)  # unknown names and bad values fail before any work
+        if self.n_attack < 1 or self.n_fit < 8:
+            raise ConfigError(f"n_attack must be >= 1 and n_fit >= 8, got {self.n_attack} and {self.n_fit}")
+        if not 0.0 < self.fpr < 1.0:
+            raise ConfigError(f"fpr must be in (0, 1), got {self.fpr}")
+        self.evaluation = EvalConfig(dataset=self.dataset, dataset_options=self.dataset_options, model=self.model,
+                                     train=self.train, attacks=[self.fit_attack], detectors=self.detectors,
+                                     n_fit=self.n_fit, n_test=max(2 * self.n_attack, N_TEST_CLEAN), seed=self.seed,
+                                     batch_size=self.batch_size, cache_dir=self.cache_dir, device=self.device)
+
+    def suite(self, detector: str) -> list[str]:
+        """The attack specs run against `detector` (a registered name)."""
+        if self.attacks is not None:
+            return [a for a in self.attacks if detector in (ADAPTIVE_ATTACKS.get(parse_spec(a)[0]).applies_to or (detector,))]
+        papers = [n for n in ADAPTIVE_ATTACKS.available() if detector in ADAPTIVE_ATTACKS.get(n).applies_to]
+        return [*SUITE, *papers]
+
+
+@dataclass
+class AttackOutcome:
+    """One attack on one detector at one budget; rates are shares of the `n` attacked images."""
+
+    detector: str
+    budget: str
+    attack: str
+    n: int
+    fooled: float
+    evaded_attacker_view: float
+    sr: float
+    seconds: float
+    steps: int
+    restarts: int
+    ms_per_image_step: float | None = None
+    curve: list[float] = field(repr=False, default_factory=list)
+
+
+@dataclass
+class DetectorOutcome:
+    """Everything measured for one detector: its threshold, FPRs, view, and per budget the attacks and worst case."""
+
+    detector: str
+    gradient: str = ""
+    threshold: float | None = None
+    fpr_test: float | None = None
+    attacks: list[AttackOutcome] = field(default_factory=list)
+    worst_case: dict[str, float] = field(default_factory=dict)
+    no_detector: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class RobustnessReport:
+    config: RobustnessConfig
+    clean_accuracy: float
+    model_dir: str
+    outcomes: list[DetectorOutcome]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The record: config, provenance (versions, git, seed), and every outcome."""
+        c = self.config
+        return {
+            "kind": "robustness", "dataset": c.dataset, "seed": c.seed, "versions": versions(), "git": git_commit(),
+            "config": {"detectors": c.detectors, "budgets": c.budgets, "attacks": c.attacks, "fit_attack": c.fit_attack,
+                       "n_fit": c.n_fit, "n_attack": c.n_attack, "steps": c.steps, "restarts": c.restarts,
+                       "eot": c.eot, "fpr": c.fpr, "train": asdict(c.train)},
+            "model": {"name": c.model, "dir": self.model_dir, "clean_accuracy": self.clean_accuracy},
+            "seconds": self.seconds,
+            "outcomes": [asdict(o) for o in self.outcomes],
+        }
+
+
+def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = print) -> RobustnessReport:
+    """Fit every detector, attack it with the suite at every budget, and measure SR@FPR (module docstring)."""
+    start = time.perf_counter()
+    ev = config.evaluation
+    data = load_dataset(config.dataset, **config.dataset_options)
+    classifier, model_dir = load_model(config.model, data, config.train, config.cache_dir, config.device, progress, log)
+    model_tag = Path(model_dir).name
+    splits = protocol_splits(classifier, data, config.n_fit, max(2 * config.n_attack, N_TEST_CLEAN), config.seed)
+    sources = correct_clean(classifier, data.test, splits.test_adv_index)
+    sources = sources.subset(torch.arange(min(config.n_attack, len(sources))))
+    clean_accuracy = float((classifier.predict(data.test.x) == data.test.y).float().mean())
+    log(f"model {model_tag}: clean test accuracy {clean_accuracy:.4f}; attacking {len(sources)} test images")
+    fit_adv, _ = cached_adversarial_set(classifier, model_tag, config.fit_attack, data.val, "val",
+                                        splits.val_adv_index, config.cache_dir, config.batch_size, progress)
+    x_adv_fit = fit_adv.x_adv[fit_adv.success]
+    outcomes = []
+    for spec in config.detectors:
+        detector = ev.detector(spec)
+        outcome = DetectorOutcome(spec)
+        outcomes.append(outcome)
+        try:
+            if detector.needs_training_data:
+                detector.set_training_data(data.train.x, data.train.y)
+            detector.fit(classifier, splits.val_clean.x, splits.val_clean.y,
+                         x_adv_fit if detector.needs_adversarial_examples else None)
+        except (InputError, ConfigError) as exc:
+            outcome.error = str(exc)
+            log(f"{spec}: not evaluated ({exc})")
+            continue
+        detector.calibrate(splits.val_calib.x, fpr=config.fpr)
+        outcome.threshold = detector.threshold_
+        outcome.fpr_test = float(_flags(detector, splits.test_clean.x).float().mean())
+        view = detector_view(detector, draws=config.eot)
+        outcome.gradient = view.gradient
+        log(f"{spec}: threshold {detector.threshold_:.4g} (FPR {config.fpr:g} on validation, "
+            f"{outcome.fpr_test:.3f} on clean test images); attacker's gradient: {view.gradient}")
+        for budget in config.parsed_budgets:
+            chosen = sources.x.clone()  # per image, the attacker's pick among the suite's outputs
+            chosen_check = torch.full((len(sources),), float("inf"))
+            for attack_spec in config.suite(detector.name):
+                attack = make_adaptive_attack(attack_spec, norm=budget.norm, eps=budget.eps, steps=config.steps,
+                                              restarts=config.restarts, random_state=config.seed)
+                if isinstance(attack, FeatureMatching):
+                    attack.set_guides(splits.val_clean.x, splits.val_clean.y)
+                key = _key(model_tag, spec, config, attack.name, attack.params, sources.y, detector.threshold_)
+                result, seconds = _cached_attack(attack, classifier, view, sources.x, sources.y, key,
+                                                 config.cache_dir / "robustness" / model_tag, config.batch_size, progress)
+                flagged = _flags(detector, result.x_adv)
+                check = torch.where(result.fooled, _checks(view, result.x_adv), torch.inf)
+                better = check < chosen_check
+                chosen[better], chosen_check[better] = result.x_adv[better], check[better]
+                outcome.attacks.append(AttackOutcome(
+                    spec, str(budget), attack.name, len(sources), float(result.fooled.float().mean()),
+                    float(result.evades.float().mean()),
+                    metrics.success_rate_at_threshold(result.fooled.numpy(), flagged.numpy()), seconds,
+                    attack.params["steps"], attack.params["restarts"],
+                    1000 * seconds / result.image_steps if seconds and result.image_steps else None, result.curve))
+                if attack.name == "high-confidence":
+                    outcome.no_detector[str(budget)] = float(result.fooled.float().mean())
+                log(f"  {spec} {budget} {attack.name}: fooled {outcome.attacks[-1].fooled:.3f}, "
+                    f"SR@{config.fpr:g}FPR {outcome.attacks[-1].sr:.3f} ({seconds:.0f} s)")
+            fooled = classifier.predict(chosen) != sources.y
+            outcome.worst_case[str(budget)] = metrics.success_rate_at_threshold(
+                fooled.numpy(), _flags(detector, chosen).numpy())
+            log(f"  {spec} {budget}: worst case SR@{config.fpr:g}FPR {outcome.worst_case[str(budget)]:.3f}")
+    return RobustnessReport(config, clean_accuracy, model_dir, outcomes, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _flags(detector: Detector, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The defender's verdicts `[N]` (a detector that needs input gradients enables them itself)."""
+    return torch.cat([detector.predict(x[i : i + batch_size]).cpu() for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def _checks(view: DetectorView, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The attacker's estimate `[N]` of the defender's score (the view's check)."""
+    return torch.cat([view(x[i : i + batch_size]).check.cpu() for i in range(0, len(x), batch_size)])
+
+
+def _key(model_tag: str, spec: str, config: RobustnessConfig, attack: str, params: dict[str, Any],
+         labels: torch.Tensor, threshold: float) -> str:
+    """The cache key of one adaptive run: everything that determines its output (a randomized detector's threshold
+    differs from run to run, so its runs are never reused)."""
+    blob = json.dumps({"model": model_tag, "detector": spec, "seed": config.seed, "n_fit": config.n_fit,
+                       "threshold": f"{threshold:.9g}",
+                       "fit_attack": config.fit_attack, "fpr": config.fpr, "eot": config.eot, "attack": attack,
+                       "params": params, "n_attack": config.n_attack, "labels": labels.tolist()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cached_attack(attack: Any, classifier: Any, view: Any, x: torch.Tensor, y: torch.Tensor, key: str,
+                   directory: Path, batch_size: int, progress: bool) -> tuple[AdaptiveResult, float]:
+    """Run `attack` or reuse its cached output (`x_adv` and the attacker's records; verdicts are recomputed)."""
+    path = directory / f"{attack.name}-{key}"
+    if Path(f"{path}.json").is_file() and Path(f"{path}.safetensors").is_file():
+        meta = json.loads(Path(f"{path}.json").read_text())
+        tensors = load_file(f"{path}.safetensors")
+        return AdaptiveResult(tensors["x_adv"], tensors["fooled"], tensors["evades"], meta["curve"],
+                              meta["image_steps"]), 0.0
+    start = time.perf_counter()
+    result = attack(classifier, view, x, y, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(f"{path}.safetensors") as tmp:
+        save_file({"x_adv": result.x_adv.contiguous(), "fooled": result.fooled, "evades": result.evades}, str(tmp))
+    write_json(f"{path}.json", {"curve": result.curve, "image_steps": result.image_steps, "seconds": seconds})
+    return result, seconds
