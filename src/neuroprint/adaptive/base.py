@@ -27,7 +27,6 @@ from neuroprint.errors import ConfigError, InputError
 from neuroprint.models.classifier import Classifier, input_gradients_only
 
 NORMS = ("linf", "l2")
-L2_MAX = 28.0  # the L2 norm of an all-ones MNIST image: larger budgets say nothing more
 
 
 @dataclass
@@ -61,7 +60,8 @@ class AdaptiveAttack(ABC):
     """Base of the detector-aware attacks (module docstring). Subclasses implement `direction` (and may `prepare`).
 
     Args:
-        norm: "linf" or "l2". eps: the budget, in (0, 1] for L-inf and (0, 28] for L2 (pixel units).
+        norm: "linf" or "l2". eps: the budget in pixel units of [0, 1] images, in (0, 1] for L-inf; for L2 at most
+            the distance between an all-black and an all-white image (28 for MNIST).
         steps: gradient steps per restart (>= 1). restarts: >= 1. step_size: first step as a share of eps, in
         (0, 1]. random_state: seeds the random restarts.
     """
@@ -73,19 +73,21 @@ class AdaptiveAttack(ABC):
     def __init__(self, norm: str = "linf", eps: float = 0.3, steps: int = 200, restarts: int = 1,
                  step_size: float = 0.25, random_state: int | None = 0) -> None:
         norm = check_choice("norm", norm, NORMS)
-        eps = check_float("eps", eps, 0.0, 1.0 if norm == "linf" else L2_MAX)
+        eps = check_float("eps", eps, 0.0, 1.0 if norm == "linf" else math.inf)
         self.params: dict[str, Any] = {
             "norm": norm, "eps": eps, "steps": check_int("steps", steps), "restarts": check_int("restarts", restarts),
             "step_size": check_float("step_size", step_size, 0.0, 1.0), "random_state": check_seed(random_state),
         }
 
-    def prepare(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """Per-batch state for `direction` (e.g. guide images); default none."""
+    def prepare(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        """Per-image state `{name: [B, ...]}` for `direction` (e.g. guide activations), made at the start of every
+        restart; default none."""
         return {}
 
     @abstractmethod
     def direction(self, classifier: Classifier, view: DetectorView, adv: torch.Tensor, y: torch.Tensor,
-                  state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """At iterates `adv` `[B, C, H, W]` (labels `y` `[B]`): the gradient `[B, C, H, W]` of the loss the attack
         minimises, the logits `[B, K]` and the view's check `[B]`, all without graph. Per-image tensors in `state`
         arrive sliced to the `B` active images; a direction that updates them in place keeps the update."""
@@ -95,11 +97,20 @@ class AdaptiveAttack(ABC):
         """Attack images `x` `[N, C, H, W]` (in the classifier's bounds) with true labels `y` `[N]`."""
         self._check_applies(view)
         classifier.check_input(x)
+        low, high = classifier.bounds
+        largest = math.sqrt(x[0].numel()) * (high - low)  # L2 distance between an all-low and an all-high image
+        if self.params["norm"] == "l2" and self.params["eps"] > largest:
+            raise ConfigError(f"l2 eps {self.params['eps']} exceeds the largest L2 distance between two images of "
+                              f"this shape ({largest:.1f}); valid: (0, {largest:.1f}]")
         y = check_labels(y, len(x), classifier.num_classes)
         was_training = classifier.training
         classifier.eval()
         parts: list[AdaptiveResult] = []
-        generator = torch.Generator().manual_seed(self.params["random_state"] or 0)
+        generator = torch.Generator()
+        if self.params["random_state"] is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.params["random_state"])
         try:
             with input_gradients_only(classifier), torch.enable_grad():
                 for start in tqdm(range(0, len(x), batch_size), desc=self.name, unit="batch", disable=not progress):
@@ -116,7 +127,6 @@ class AdaptiveAttack(ABC):
     def _batch(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor,
                generator: torch.Generator) -> AdaptiveResult:
         steps, eps = self.params["steps"], self.params["eps"]
-        state = self.prepare(classifier, view, x, y)
         best = x.clone()
         best_check = torch.full((len(x),), math.inf, device=x.device)
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -124,17 +134,17 @@ class AdaptiveAttack(ABC):
         curve: list[float] = []
         image_steps = 0
         for restart in range(self.params["restarts"]):
+            state = self.prepare(classifier, view, x, y)  # fresh per restart (e.g. the joint attack's c search)
             adv = x.clone() if restart == 0 else self._project(x, x + self._random_delta(x, generator), classifier)
             for step in range(steps + 1):
                 active = (~done).nonzero().flatten()
                 if len(active) == 0:
-                    curve += [float(done.float().mean())] * (steps - step)
+                    curve += [float(done.float().mean())] * (steps - max(step - 1, 0))
                     break
-                sub = {k: v[active] if isinstance(v, torch.Tensor) and len(v) == len(x) else v for k, v in state.items()}
+                sub = {k: v[active] for k, v in state.items()}
                 grad, logits, check = self.direction(classifier, view, adv[active], y[active], sub)
-                for k, v in sub.items():  # directions may update per-image state (e.g. the joint attack's c)
-                    if isinstance(v, torch.Tensor) and k in state and len(state[k]) == len(x):
-                        state[k][active] = v
+                for k, v in sub.items():  # directions may update per-image state in place
+                    state[k][active] = v
                 wrong = logits.argmax(1) != y[active]
                 evading = wrong & view.evades(check)
                 better = wrong & (check < best_check[active])
@@ -143,13 +153,14 @@ class AdaptiveAttack(ABC):
                 best_check[active[better]] = check[better]
                 fooled[active[wrong]] = True
                 done[active[evading]] = True
+                if step > 0:
+                    curve.append(float(done.float().mean()))
                 if step == steps:
                     break
                 image_steps += len(active)
                 rate = self.params["step_size"] * eps * 0.5 * (1 + math.cos(math.pi * step / steps))
                 moved = adv[active] - rate * self._normalise(grad)
                 adv[active] = self._project(x[active], moved, classifier)
-                curve.append(float(done.float().mean()))
         never = ~fooled  # never misclassified: keep the last iterate (as far as the attack got)
         best[never] = adv[never]
         with torch.no_grad():
@@ -169,11 +180,12 @@ class AdaptiveAttack(ABC):
         return grad / norms.view(-1, *[1] * (grad.dim() - 1))
 
     def _random_delta(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        eps = self.params["eps"]
-        noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
+        eps, ones = self.params["eps"], [1] * (x.dim() - 1)
         if self.params["norm"] == "linf":
-            return eps * noise
-        return eps * noise / noise.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1)) * torch.rand(()).item()
+            return eps * (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device)
+        direction = torch.randn(x.shape, generator=generator)
+        radius = eps * torch.rand(len(x), generator=generator).view(-1, *ones)
+        return (radius * direction / direction.flatten(1).norm(dim=1).view(-1, *ones)).to(x.device)
 
     def _project(self, x: torch.Tensor, adv: torch.Tensor, classifier: Classifier) -> torch.Tensor:
         eps, delta = self.params["eps"], adv - x

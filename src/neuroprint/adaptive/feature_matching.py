@@ -3,7 +3,8 @@
 Sabour, Cao, Faghri & Fleet, "Adversarial Manipulation of Deep Representations" (ICLR 2016, arXiv 1511.05122), as
 Tramer, Carlini, Brendel & Madry use it against detectors ("On Adaptive Attacks to Adversarial Example Defenses",
 NeurIPS 2020, arXiv 2002.08347): for each image x of class y pick a guide g, the clean image of the runner-up class
-(the classifier's second choice on x) nearest to x in pixel space, and descend
+(the classifier's second choice on x) nearest to x in pixel space among the guides the classifier labels correctly
+and the detector lets through (all guides of that class when none does), and descend
 
     sum_l ||f_l(x') - f_l(g)||^2 / ||f_l(g)||^2
 
@@ -41,6 +42,7 @@ class FeatureMatching(AdaptiveAttack):
 
     name = "feature-matching"
     guides: tuple[torch.Tensor, torch.Tensor] | None = None
+    _usable: tuple[DetectorView, torch.Tensor, torch.Tensor] | None = None  # guides filtered for one view
 
     def set_guides(self, x: torch.Tensor, y: torch.Tensor) -> FeatureMatching:
         """Clean images `x` `[M, C, H, W]` with labels `y` `[M]` to draw guides from (every class should appear)."""
@@ -48,12 +50,27 @@ class FeatureMatching(AdaptiveAttack):
                 or y.shape != (len(x),):
             raise InputError("guides must be a non-empty [M, C, H, W] image tensor and [M] labels")
         self.guides = (x.detach().cpu(), y.detach().cpu())
+        self._usable = None
         return self
+
+    def _usable_guides(self, classifier: Classifier, view: DetectorView) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guides labelled correctly and passed by the view's check; a class with none keeps all of its own."""
+        assert self.guides is not None
+        if self._usable is None or self._usable[0] is not view:
+            x, y = self.guides
+            with torch.no_grad():
+                outs = [view(x[i : i + 500].to(classifier.device)) for i in range(0, len(x), 500)]
+            pred = torch.cat([o.logits.argmax(1).cpu() for o in outs])
+            passed = view.evades(torch.cat([o.check.cpu() for o in outs]))
+            keep = (pred == y) & passed
+            keep |= ~torch.isin(y, y[keep])  # classes without a usable guide keep all theirs
+            self._usable = (view, x[keep], y[keep])
+        return self._usable[1], self._usable[2]
 
     def prepare(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         if self.guides is None:
             raise ConfigError("feature-matching needs guide images: call set_guides(x_clean, y_clean) first")
-        guide_x, guide_y = self.guides
+        guide_x, guide_y = self._usable_guides(classifier, view)
         with torch.no_grad():
             logits = classifier(x)
             runner_up = logits.scatter(1, y[:, None], -torch.inf).argmax(1).cpu()

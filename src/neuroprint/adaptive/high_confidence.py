@@ -30,7 +30,7 @@ class HighConfidencePGD(AdaptiveAttack):
 
     def __init__(self, kappa: float = 20.0, **base: Any) -> None:
         super().__init__(**base)
-        self.params["kappa"] = check_float("kappa", kappa, 0.0, 1e3)
+        self.params["kappa"] = check_float("kappa", kappa, 0.0, 1e3, low_open=False)
 
     def direction(self, classifier: Classifier, view: DetectorView, adv: torch.Tensor, y: torch.Tensor,
                   state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ Both minimise the L2 perturbation with no budget of their own; their output is p
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import torch
@@ -20,19 +21,23 @@ from neuroprint.adaptive.views import DetectorView
 from neuroprint.attacks.base import Attack
 from neuroprint.checks import check_float, check_int
 from neuroprint.detectors.nnif import NNIFDetector
+from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
 from neuroprint.registry import ADAPTIVE_ATTACKS
 
 
 class PaperAttack(AdaptiveAttack):
-    """Runs `inner(view)` (a plain `Attack`), projects onto the budget and judges the result with the view."""
+    """Runs `inner(view)` (a plain `Attack` with its own optimiser, so `restarts` and `step_size` do not apply),
+    projects onto the budget and judges the result with the view."""
 
+    @abstractmethod
     def inner(self, view: DetectorView) -> Attack:
-        raise NotImplementedError
+        """The paper's attack, built for the detector behind `view`."""
 
     def direction(self, classifier: Classifier, view: DetectorView, adv: torch.Tensor, y: torch.Tensor,
-                  state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # not a gradient-step attack: __call__ is overridden
+                  state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Not used: the paper's own optimiser replaces the base's gradient steps (`__call__`)."""
+        raise NotImplementedError
 
     def __call__(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor,
                  batch_size: int = 100, progress: bool = False) -> AdaptiveResult:
@@ -74,5 +79,6 @@ class CWOptAttack(PaperAttack):
         self.params["c"] = check_float("c", c, 0.0, 1e6)
 
     def inner(self, view: DetectorView) -> Attack:
-        assert isinstance(view.detector, NNIFDetector)
+        if not isinstance(view.detector, NNIFDetector):
+            raise ConfigError(f"cw-opt needs an NNIF detector, got {type(view.detector).__name__}")
         return CWOpt(view.detector, c=self.params["c"], steps=self.params["steps"])

@@ -21,7 +21,7 @@ def markdown_table(report: RobustnessReport) -> str:
     pct = f"{100 * c.fpr:g}%"
     lines = [
         (f"SR@{pct}FPR on {c.dataset} (model clean accuracy {100 * report.clean_accuracy:.2f}%): share of "
-         f"{c.n_attack} attacked test images misclassified and not flagged, in %; detectors fit on {c.fit_attack}, "
+         f"{_attacked(report)} attacked test images misclassified and not flagged, in %; detectors fit on {c.fit_attack}, "
          f"thresholds at {pct} FPR on clean validation images; {c.steps} steps x {c.restarts} restart(s) per attack."),
         "",
         "| detector | budget | " + " | ".join(attacks) + " | **worst case** | no detector | FPR test |",
@@ -33,13 +33,18 @@ def markdown_table(report: RobustnessReport) -> str:
             continue
         for budget, worst in o.worst_case.items():
             sr = {a.attack: a.sr for a in o.attacks if a.budget == budget}
-            cells = [f"{100 * sr[a]:.1f}" if a in sr else "–" for a in attacks]
+            cells = [("n/a" if math.isnan(sr[a]) else f"{100 * sr[a]:.1f}") if a in sr else "–" for a in attacks]
             none = o.no_detector.get(budget)
             lines.append(f"| {o.detector} | {budget} | " + " | ".join(cells) + f" | **{100 * worst:.1f}** | "
                          + (f"{100 * none:.1f}" if none is not None else "–") + f" | {100 * (o.fpr_test or 0):.1f} |")
     lines += ["", "Attacker's gradient per detector: "
               + "; ".join(f"{o.detector}: {o.gradient}" for o in report.outcomes if o.error is None) + "."]
     return "\n".join(lines)
+
+
+def _attacked(report: RobustnessReport) -> int:
+    """How many test images were attacked (the correctly classified ones among those drawn)."""
+    return next((a.n for o in report.outcomes for a in o.attacks), report.config.n_attack)
 
 
 def convergence_plot(report: RobustnessReport, path: str | Path) -> None:

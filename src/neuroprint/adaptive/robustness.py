@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,10 +30,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from neuroprint.adaptive import make_adaptive_attack
-from neuroprint.adaptive.base import L2_MAX, NORMS, AdaptiveResult
+from neuroprint.adaptive.base import NORMS, AdaptiveAttack, AdaptiveResult
 from neuroprint.adaptive.feature_matching import FeatureMatching
 from neuroprint.adaptive.views import DetectorView, detector_view
-from neuroprint.data import load_dataset
+from neuroprint.data import Split, load_dataset
 from neuroprint.detectors import Detector
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.evaluation import metrics
@@ -44,6 +45,7 @@ from neuroprint.evaluation.protocol import (
     protocol_splits,
 )
 from neuroprint.io import atomic_path, git_commit, versions, write_json
+from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import TrainConfig
 from neuroprint.registry import ADAPTIVE_ATTACKS
 from neuroprint.specs import parse_spec
@@ -51,6 +53,7 @@ from neuroprint.specs import parse_spec
 Log = Callable[[str], None]
 #: the gradient attacks run against every detector; attacks with `applies_to` (the papers' own) join for theirs
 SUITE = ("joint", "orthogonal", "selective", "feature-matching", "high-confidence")
+DEFENDER_DRAWS = 10  # verdicts averaged per submitted image when the detector draws at random per query
 N_TEST_CLEAN = 1000  # test sources drawn at least (half of them clean): the test FPR is measured on ~500 images
 
 
@@ -72,7 +75,7 @@ class Budget:
             eps = float(value)
         except ValueError:
             raise ConfigError(f"budget {text!r} has no number after the norm (e.g. linf:0.3, l2:2)") from None
-        high = 1.0 if norm == "linf" else L2_MAX
+        high = 1.0 if norm == "linf" else math.inf
         if not 0.0 < eps <= high:
             raise ConfigError(f"{norm} eps must be in (0, {high}], got {eps} in budget {text!r}")
         return Budget(norm, eps)
@@ -131,20 +134,22 @@ class RobustnessConfig:
 
 @dataclass
 class AttackOutcome:
-    """One attack on one detector at one budget; rates are shares of the `n` attacked images."""
+    """One attack on one detector at one budget; rates are shares of the `n` attacked images (NaN, with `error`
+    saying why, when the attack could not run)."""
 
     detector: str
     budget: str
     attack: str
     n: int
-    fooled: float
-    evaded_attacker_view: float
-    sr: float
-    seconds: float
-    steps: int
-    restarts: int
+    fooled: float = math.nan
+    evaded_attacker_view: float = math.nan
+    sr: float = math.nan
+    seconds: float = 0.0
+    steps: int = 0
+    restarts: int = 0
     ms_per_image_step: float | None = None
     curve: list[float] = field(repr=False, default_factory=list)
+    error: str | None = None
 
 
 @dataclass
@@ -163,6 +168,8 @@ class DetectorOutcome:
 
 @dataclass
 class RobustnessReport:
+    """Everything one `run_robustness` measured, with its configuration and the model's clean test accuracy."""
+
     config: RobustnessConfig
     clean_accuracy: float
     model_dir: str
@@ -214,41 +221,61 @@ def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = p
             continue
         detector.calibrate(splits.val_calib.x, fpr=config.fpr)
         outcome.threshold = detector.threshold_
-        outcome.fpr_test = float(_flags(detector, splits.test_clean.x).float().mean())
         view = detector_view(detector, draws=config.eot)
+        every = torch.ones(len(splits.test_clean), dtype=torch.bool)
+        outcome.fpr_test = 1.0 - _success_rate(detector, view, splits.test_clean.x, every)
         outcome.gradient = view.gradient
         log(f"{spec}: threshold {detector.threshold_:.4g} (FPR {config.fpr:g} on validation, "
             f"{outcome.fpr_test:.3f} on clean test images); attacker's gradient: {view.gradient}")
         for budget in config.parsed_budgets:
-            chosen = sources.x.clone()  # per image, the attacker's pick among the suite's outputs
-            chosen_check = torch.full((len(sources),), float("inf"))
-            for attack_spec in config.suite(detector.name):
-                attack = make_adaptive_attack(attack_spec, norm=budget.norm, eps=budget.eps, steps=config.steps,
-                                              restarts=config.restarts, random_state=config.seed)
-                if isinstance(attack, FeatureMatching):
-                    attack.set_guides(splits.val_clean.x, splits.val_clean.y)
-                key = _key(model_tag, spec, config, attack.name, attack.params, sources.y, detector.threshold_)
-                result, seconds = _cached_attack(attack, classifier, view, sources.x, sources.y, key,
-                                                 config.cache_dir / "robustness" / model_tag, config.batch_size, progress)
-                flagged = _flags(detector, result.x_adv)
-                check = torch.where(result.fooled, _checks(view, result.x_adv), torch.inf)
-                better = check < chosen_check
-                chosen[better], chosen_check[better] = result.x_adv[better], check[better]
-                outcome.attacks.append(AttackOutcome(
-                    spec, str(budget), attack.name, len(sources), float(result.fooled.float().mean()),
-                    float(result.evades.float().mean()),
-                    metrics.success_rate_at_threshold(result.fooled.numpy(), flagged.numpy()), seconds,
-                    attack.params["steps"], attack.params["restarts"],
-                    1000 * seconds / result.image_steps if seconds and result.image_steps else None, result.curve))
-                if attack.name == "high-confidence":
-                    outcome.no_detector[str(budget)] = float(result.fooled.float().mean())
-                log(f"  {spec} {budget} {attack.name}: fooled {outcome.attacks[-1].fooled:.3f}, "
-                    f"SR@{config.fpr:g}FPR {outcome.attacks[-1].sr:.3f} ({seconds:.0f} s)")
-            fooled = classifier.predict(chosen) != sources.y
-            outcome.worst_case[str(budget)] = metrics.success_rate_at_threshold(
-                fooled.numpy(), _flags(detector, chosen).numpy())
-            log(f"  {spec} {budget}: worst case SR@{config.fpr:g}FPR {outcome.worst_case[str(budget)]:.3f}")
+            _measure_budget(config, classifier, detector, view, budget, sources, splits.val_clean, model_dir,
+                            outcome, progress, log)
     return RobustnessReport(config, clean_accuracy, model_dir, outcomes, time.perf_counter() - start)
+
+
+def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: Detector, view: DetectorView,
+                    budget: Budget, sources: Split, guides: Split, model_dir: str, outcome: DetectorOutcome,
+                    progress: bool, log: Log) -> None:
+    """Run the suite against `detector` at `budget` on `sources`; append to `outcome` every attack's SR@FPR, the
+    worst case and the success with no detector."""
+    chosen = sources.x.clone()  # per image, the attacker's pick among the suite's outputs
+    chosen_check = torch.full((len(sources),), math.inf)
+    for attack_spec in config.suite(detector.name):
+        attack = make_adaptive_attack(attack_spec, norm=budget.norm, eps=budget.eps, steps=config.steps,
+                                      restarts=config.restarts, random_state=config.seed)
+        if isinstance(attack, FeatureMatching):
+            attack.set_guides(guides.x, guides.y)
+        key = _key(model_dir, outcome.detector, config, attack, sources, detector.threshold_)
+        try:
+            result, seconds = _cached_attack(attack, classifier, view, sources, key,
+                                             config.cache_dir / "robustness", config.batch_size, progress)
+        except (ConfigError, InputError) as exc:  # this attack cannot run here; the others still can
+            log(f"  {outcome.detector} {budget} {attack.name}: not run ({exc})")
+            outcome.attacks.append(AttackOutcome(outcome.detector, str(budget), attack.name, len(sources), error=str(exc)))
+            continue
+        check = torch.where(result.fooled, _checks(view, result.x_adv), math.inf)
+        better = check < chosen_check
+        chosen[better], chosen_check[better] = result.x_adv[better], check[better]
+        fooled = float(result.fooled.float().mean())
+        outcome.attacks.append(AttackOutcome(
+            outcome.detector, str(budget), attack.name, len(sources), fooled, float(result.evades.float().mean()),
+            _success_rate(detector, view, result.x_adv, result.fooled), seconds, attack.params["steps"],
+            attack.params["restarts"], 1000 * seconds / result.image_steps if seconds and result.image_steps else None,
+            result.curve))
+        if attack.name == "high-confidence":
+            outcome.no_detector[str(budget)] = fooled
+        log(f"  {outcome.detector} {budget} {attack.name}: fooled {fooled:.3f}, "
+            f"SR@{config.fpr:g}FPR {outcome.attacks[-1].sr:.3f} ({seconds:.0f} s)")
+    outcome.worst_case[str(budget)] = _success_rate(detector, view, chosen, classifier.predict(chosen) != sources.y)
+    log(f"  {outcome.detector} {budget}: worst case SR@{config.fpr:g}FPR {outcome.worst_case[str(budget)]:.3f}")
+
+
+def _success_rate(detector: Detector, view: DetectorView, x: torch.Tensor, fooled: torch.Tensor) -> float:
+    """SR@FPR of the submitted images `x` `[N, C, H, W]` (`fooled` `[N]`): for a randomized detector the mean over
+    `DEFENDER_DRAWS` independent verdicts, each as one query would get it."""
+    draws = DEFENDER_DRAWS if view.randomized else 1
+    return sum(metrics.success_rate_at_threshold(fooled.numpy(), _flags(detector, x).numpy())
+               for _ in range(draws)) / draws
 
 
 @torch.no_grad()
@@ -263,32 +290,35 @@ def _checks(view: DetectorView, x: torch.Tensor, batch_size: int = 500) -> torch
     return torch.cat([view(x[i : i + batch_size]).check.cpu() for i in range(0, len(x), batch_size)])
 
 
-def _key(model_tag: str, spec: str, config: RobustnessConfig, attack: str, params: dict[str, Any],
-         labels: torch.Tensor, threshold: float) -> str:
+def _key(model_dir: str, spec: str, config: RobustnessConfig, attack: AdaptiveAttack, sources: Split,
+         threshold: float) -> str:
     """The cache key of one adaptive run: everything that determines its output (a randomized detector's threshold
     differs from run to run, so its runs are never reused)."""
-    blob = json.dumps({"model": model_tag, "detector": spec, "seed": config.seed, "n_fit": config.n_fit,
-                       "threshold": f"{threshold:.9g}",
-                       "fit_attack": config.fit_attack, "fpr": config.fpr, "eot": config.eot, "attack": attack,
-                       "params": params, "n_attack": config.n_attack, "labels": labels.tolist()},
-                      sort_keys=True, default=str)
+    blob = json.dumps({"model": str(Path(model_dir).resolve()), "dataset": config.dataset,
+                       "dataset_options": config.dataset_options, "detector": spec, "seed": config.seed,
+                       "n_fit": config.n_fit, "fit_attack": config.fit_attack, "fpr": config.fpr, "eot": config.eot,
+                       "threshold": f"{threshold:.9g}", "attack": attack.name, "params": attack.params,
+                       "images": hashlib.sha256(sources.x.numpy().tobytes()).hexdigest(), "labels": sources.y.tolist(),
+                       "version": versions()["neuroprint"]}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _cached_attack(attack: Any, classifier: Any, view: Any, x: torch.Tensor, y: torch.Tensor, key: str,
+def _cached_attack(attack: AdaptiveAttack, classifier: Classifier, view: DetectorView, sources: Split, key: str,
                    directory: Path, batch_size: int, progress: bool) -> tuple[AdaptiveResult, float]:
-    """Run `attack` or reuse its cached output (`x_adv` and the attacker's records; verdicts are recomputed)."""
+    """Run `attack` on `sources`, or reuse its cached output (`x_adv` and the attacker's records; whether the
+    classifier is fooled is recomputed, as are the defender's verdicts); returns it and the attack's seconds."""
     path = directory / f"{attack.name}-{key}"
     if Path(f"{path}.json").is_file() and Path(f"{path}.safetensors").is_file():
         meta = json.loads(Path(f"{path}.json").read_text())
-        tensors = load_file(f"{path}.safetensors")
-        return AdaptiveResult(tensors["x_adv"], tensors["fooled"], tensors["evades"], meta["curve"],
-                              meta["image_steps"]), 0.0
+        x_adv = load_file(f"{path}.safetensors")["x_adv"]
+        fooled = classifier.predict(x_adv) != sources.y
+        evades = load_file(f"{path}.safetensors")["evades"] & fooled
+        return AdaptiveResult(x_adv, fooled, evades, meta["curve"], meta["image_steps"]), float(meta["seconds"])
     start = time.perf_counter()
-    result = attack(classifier, view, x, y, batch_size=batch_size, progress=progress)
+    result = attack(classifier, view, sources.x, sources.y, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(f"{path}.safetensors") as tmp:
-        save_file({"x_adv": result.x_adv.contiguous(), "fooled": result.fooled, "evades": result.evades}, str(tmp))
+        save_file({"x_adv": result.x_adv.contiguous(), "evades": result.evades}, str(tmp))
     write_json(f"{path}.json", {"curve": result.curve, "image_steps": result.image_steps, "seconds": seconds})
     return result, seconds

@@ -62,12 +62,13 @@ class ViewOutput(NamedTuple):
 
 
 Scores = Callable[[torch.Tensor], ViewOutput]
-ViewBuilder = Callable[[Detector, int | None, int], tuple[Scores, str]]
+ViewBuilder = Callable[[Detector, int | None, int], tuple[Scores, str, bool]]
 VIEWS: dict[type[Detector], ViewBuilder] = {}
 
 
 def register_view(detector_type: type[Detector]) -> Callable[[ViewBuilder], ViewBuilder]:
-    """Decorator: `builder(detector, draws, check_draws) -> (scores, gradient)` is how attacks see `detector_type`."""
+    """Decorator: `builder(detector, draws, check_draws) -> (scores, gradient, randomized)` is how attacks see
+    `detector_type`."""
 
     def decorator(builder: ViewBuilder) -> ViewBuilder:
         VIEWS[detector_type] = builder
@@ -84,6 +85,7 @@ class DetectorView:
     threshold: float
     gradient: str
     scores: Scores
+    randomized: bool = False  # True: the defender's score is random per query (a bank drawing per input)
 
     def __call__(self, x: torch.Tensor) -> ViewOutput:
         logits, loss, check = self.scores(x)
@@ -118,21 +120,25 @@ def detector_view(
         check_int("draws", draws)
     check_int("check_draws", check_draws)
     builder = next((b for t, b in VIEWS.items() if isinstance(detector, t)), _own_score)
-    scores, gradient = builder(detector, draws, check_draws)
-    return DetectorView(detector, float(threshold), gradient, scores)
+    scores, gradient, randomized = builder(detector, draws, check_draws)
+    return DetectorView(detector, float(threshold), gradient, scores, randomized)
 
 
-def _own_score(detector: Detector, draws: int | None, check_draws: int) -> tuple[Scores, str]:
+def _own_score(detector: Detector, draws: int | None, check_draws: int) -> tuple[Scores, str, bool]:
     def scores(x: torch.Tensor) -> ViewOutput:
         score = detector.score(x)
         return ViewOutput(detector.classifier_(x), score, score.detach())
 
-    return scores, "the detector's own score (exact gradient)"
+    return scores, "the detector's own score (exact gradient)", False
 
 
 @register_view(BankDetector)
-def _bank(bank: BankDetector, draws: int | None, check_draws: int) -> tuple[Scores, str]:
-    randomized = bank.sampling in ("seeded", "secure")
+def _bank(bank: BankDetector, draws: int | None, check_draws: int) -> tuple[Scores, str, bool]:
+    if bank.score_kind == "vote":
+        raise ConfigError("bank score_kind='vote' counts fingerprints and has no gradient; attack it through a bank of "
+                          "the same fingerprints with score_kind=shift (register_view), or with feature-matching or "
+                          "high-confidence, which need no detector gradient")
+    randomized = bank.sampling in ("seeded", "secure")  # the attacker does not exploit a seeded draw's seed
     surrogate = copy.copy(bank)
     surrogate.z_cap = None
     surrogate.output_cap = math.inf if bank.output_cap is not None else None
@@ -146,13 +152,13 @@ def _bank(bank: BankDetector, draws: int | None, check_draws: int) -> tuple[Scor
 
     def scores(x: torch.Tensor) -> ViewOutput:
         logits, feats = bank.activations(x)
-        logits, feats = logits.cpu(), feats.cpu()
-        loss = torch.stack([surrogate.score_activations(logits, feats) for _ in range(n_loss)]).mean(0)
+        on_cpu = logits.cpu(), feats.cpu()  # the bank's tensors live on the CPU
+        loss = torch.stack([surrogate.score_activations(*on_cpu) for _ in range(n_loss)]).mean(0)
         with torch.no_grad():
-            check = torch.stack([checker.score_activations(logits, feats) for _ in range(n_check)]).amax(0)
-        return ViewOutput(logits, loss, check)
+            check = torch.stack([checker.score_activations(*on_cpu) for _ in range(n_check)]).amax(0)
+        return ViewOutput(logits, loss.to(logits.device), check.to(logits.device))
 
-    return scores, f"uncapped score over {how}"
+    return scores, f"uncapped score over {how}", bank.sampling == "secure"
 
 
 def differentiable_activations(
@@ -173,7 +179,7 @@ def differentiable_activations(
 
 
 @register_view(DkNNDetector)
-def _dknn(det: DkNNDetector, draws: int | None, check_draws: int) -> tuple[Scores, str]:
+def _dknn(det: DkNNDetector, draws: int | None, check_draws: int) -> tuple[Scores, str, bool]:
     scale = {layer: float(det.train_acts_[layer].var(0).sum()) for layer in det.layers_}
 
     def scores(x: torch.Tensor) -> ViewOutput:
@@ -192,11 +198,11 @@ def _dknn(det: DkNNDetector, draws: int | None, check_draws: int) -> tuple[Score
             check = det.score(x.detach())
         return ViewOutput(logits, loss, check)
 
-    return scores, "soft nearest neighbours of the predicted class at every layer (BPDA)"
+    return scores, "soft nearest neighbours of the predicted class at every layer (BPDA)", False
 
 
 @register_view(NNIFDetector)
-def _nnif(det: NNIFDetector, draws: int | None, check_draws: int) -> tuple[Scores, str]:
+def _nnif(det: NNIFDetector, draws: int | None, check_draws: int) -> tuple[Scores, str, bool]:
     def scores(x: torch.Tensor) -> ViewOutput:
         logits, acts = differentiable_activations(det.classifier_, x, det.layers_, det.pooling, NNIF_EMBEDDING)
         embedding, m = acts[NNIF_EMBEDDING].cpu(), det.m_
@@ -214,4 +220,4 @@ def _nnif(det: NNIFDetector, draws: int | None, check_draws: int) -> tuple[Score
         loss = det.head_(torch.stack(columns, 1))
         return ViewOutput(logits, loss, loss.detach())  # the same features the detector computes: its score
 
-    return scores, "the detector's head with ranks and influence sets held constant (BPDA)"
+    return scores, "the detector's head with ranks and influence sets held constant (BPDA)", False

@@ -255,9 +255,9 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
     model_tag = Path(model_dir).name
     log(f"model {model_tag}: clean test accuracy {clean_acc:.4f}")
 
-    splits_ = protocol_splits(classifier, data, config.n_fit, config.n_test, config.seed)
-    val_clean, val_calib, test_clean = splits_.val_clean, splits_.val_calib, splits_.test_clean
-    val_adv_idx, test_adv_idx = splits_.val_adv_index, splits_.test_adv_index
+    sets = protocol_splits(classifier, data, config.n_fit, config.n_test, config.seed)
+    val_clean, val_calib, test_clean = sets.val_clean, sets.val_calib, sets.test_clean
+    val_adv_idx, test_adv_idx = sets.val_adv_index, sets.test_adv_index
 
     summaries: list[AttackSummary] = []
     adv_sets: dict[tuple[str, str], AdversarialSet] = {}
