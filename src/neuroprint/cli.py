@@ -7,12 +7,15 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from neuroprint.errors import ConfigError, NeuroprintError
 from neuroprint.ownership.cli import ownership_app
+
+if TYPE_CHECKING:
+    from neuroprint.models.training import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Detect adversarial inputs with neural fingerprints; evaluate detectors honestly.")
@@ -23,10 +26,22 @@ Dataset = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see
 DataPath = Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz")]
 Seed = Annotated[int, typer.Option(help="random seed (data order, sampling)")]
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
+Model = Annotated[str, typer.Option("--model", "-m", help="architecture to train/cache, or a checkpoint dir")]
+Epochs = Annotated[int, typer.Option(help="training epochs when the model is trained here")]
+NFit = Annotated[int, typer.Option(help="validation source images (half clean, half attacked)")]
+JsonPath = Annotated[Path | None, typer.Option("--json", help="also write the JSON record here")]
+CacheDir = Annotated[Path, typer.Option(help="cache of trained models, adversarial sets and adaptive attacks")]
 
 
 def _dataset_options(data_path: str | None) -> dict[str, object]:
     return {} if data_path is None else {"path": data_path}
+
+
+def _train_config(epochs: int, seed: int) -> TrainConfig:
+    """How `evaluate` and `robustness` train a zoo model they do not find in the cache (lr drop in the last epoch)."""
+    from neuroprint.models.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr_drop_epoch=min(3, epochs - 1), seed=seed)
 
 
 def _echo(message: str) -> None:
@@ -126,25 +141,23 @@ def evaluate(
     attack_specs: Annotated[list[str], typer.Option("--attack", "-a", help="attack spec (repeatable)")],
     dataset: Dataset = "mnist",
     data_path: DataPath = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="architecture to train/cache, or a checkpoint dir")] = "mnist-net",
+    model: Model = "mnist-net",
     fit_attack: Annotated[list[str] | None, typer.Option("--fit-attack", help="fit only on this attack (repeatable); test on all")] = None,
-    n_fit: Annotated[int, typer.Option(help="validation source images (half clean, half attacked)")] = 1000,
+    n_fit: NFit = 1000,
     n_test: Annotated[int, typer.Option(help="test source images (half clean, half attacked)")] = 1000,
-    epochs: Annotated[int, typer.Option(help="training epochs when the model is trained here")] = 4,
+    epochs: Epochs = 4,
     seed: Seed = 0,
     out_dir: Annotated[Path, typer.Option(help="where results.md, roc.png and results.json go")] = Path("runs/eval"),
-    json_path: Annotated[Path | None, typer.Option("--json", help="also write the JSON record here")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="cache of trained models and adversarial sets")] = Path("runs/cache"),
+    json_path: JsonPath = None,
+    cache_dir: CacheDir = Path("runs/cache"),
     device: Device = "cpu",
 ) -> None:
     """Evaluate every detector on every attack with the leakage-free protocol; prints a Markdown table."""
     from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
     from neuroprint.evaluation.report import markdown_table, write_outputs
-    from neuroprint.models.training import TrainConfig
-
     config = EvalConfig(
         dataset=dataset, dataset_options=_dataset_options(data_path), model=model,
-        train=TrainConfig(epochs=epochs, lr_drop_epoch=min(3, epochs - 1), seed=seed), attacks=attack_specs,
+        train=_train_config(epochs, seed), attacks=attack_specs,
         detectors=detector, fit_attacks=fit_attack or None, n_fit=n_fit, n_test=n_test, seed=seed,
         cache_dir=cache_dir, device=device,
     )
@@ -163,31 +176,29 @@ def robustness(
                                                            "default: the whole suite, see `neuroprint list`)")] = None,
     dataset: Dataset = "mnist",
     data_path: DataPath = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="architecture to train/cache, or a checkpoint dir")] = "mnist-net",
+    model: Model = "mnist-net",
     fit_attack: Annotated[str, typer.Option(help="attack the detectors are fit on (validation split)")] = "pgd",
-    n_fit: Annotated[int, typer.Option(help="validation source images (half clean, half attacked)")] = 1000,
+    n_fit: NFit = 1000,
     n_attack: Annotated[int, typer.Option(help="correctly classified test images to attack")] = 100,
     steps: Annotated[int, typer.Option(help="gradient steps per attack and restart")] = 200,
     restarts: Annotated[int, typer.Option(help="random restarts per attack (the first starts at the image)")] = 1,
     eot: Annotated[int | None, typer.Option(help="randomized detectors: EOT over this many draws per step "
                                                  "(default: the exact expectation over draws)")] = None,
     fpr: Annotated[float, typer.Option(help="false-positive rate the thresholds are set at")] = 0.05,
-    epochs: Annotated[int, typer.Option(help="training epochs when the model is trained here")] = 4,
+    epochs: Epochs = 4,
     seed: Seed = 0,
     out_dir: Annotated[Path, typer.Option(help="where robustness.md, convergence.png and robustness.json go")] = Path("runs/robustness"),
-    json_path: Annotated[Path | None, typer.Option("--json", help="also write the JSON record here")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="cache of models, adversarial sets and adaptive attacks")] = Path("runs/cache"),
+    json_path: JsonPath = None,
+    cache_dir: CacheDir = Path("runs/cache"),
     device: Device = "cpu",
 ) -> None:
     """Attack every detector with adaptive attackers who know it; prints SR@FPR per attack, budget and worst case."""
     from neuroprint.adaptive.report import markdown_table, write_outputs
     from neuroprint.adaptive.robustness import RobustnessConfig, run_robustness
-    from neuroprint.models.training import TrainConfig
-
     config = RobustnessConfig(
         detectors=detector, budgets=eps or ["linf:0.1", "linf:0.3"], attacks=attack_specs, dataset=dataset,
         dataset_options=_dataset_options(data_path), model=model,
-        train=TrainConfig(epochs=epochs, lr_drop_epoch=min(3, epochs - 1), seed=seed), fit_attack=fit_attack,
+        train=_train_config(epochs, seed), fit_attack=fit_attack,
         n_fit=n_fit, n_attack=n_attack, steps=steps, restarts=restarts, eot=eot, fpr=fpr, seed=seed,
         cache_dir=cache_dir, device=device,
     )

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from neuroprint.adaptive.robustness import RobustnessReport
+from neuroprint.evaluation.report import save_panels
 from neuroprint.io import atomic_path, write_json
 
 
@@ -61,12 +62,7 @@ def convergence_plot(report: RobustnessReport, path: str | Path) -> None:
         ax.title.set_fontsize(9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, loc="lower right")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_panels(fig, len(panels), path, dpi=100)
 
 
 def write_outputs(report: RobustnessReport, out_dir: str | Path, json_path: str | Path | None = None) -> dict[str, Path]:

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from neuroprint.evaluation.protocol import EvalReport
 from neuroprint.io import atomic_path, write_json
@@ -58,11 +59,16 @@ def roc_plot(report: EvalReport, path: str | Path) -> None:
         ax.set(title=attack, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right", fontsize=8)
-    for ax in list(axes.flat)[len(attacks) :]:
+    save_panels(fig, len(attacks), path)
+
+
+def save_panels(fig: Figure, used: int, path: str | Path, dpi: int = 110) -> None:
+    """Blank the panels of `fig` after the first `used`, lay it out and write it to `path` as PNG, atomically."""
+    for ax in fig.axes[used:]:
         ax.axis("off")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
 
 
