@@ -147,8 +147,10 @@ def _bank(bank: BankDetector, draws: int | None, check_draws: int) -> tuple[Scor
     if randomized:
         checker.sampling, n_check = "secure", check_draws
         surrogate.sampling, n_loss = ("all", 1) if draws is None else ("secure", draws)
-    how = "every fingerprint (the expectation over draws)" if randomized and draws is None else (
-        f"EOT over {draws} random draws" if randomized else f"the defender's {bank.sampling} fingerprints")
+    if randomized:
+        how = "every fingerprint (the expectation over draws)" if draws is None else f"EOT over {draws} random draws"
+    else:
+        how = "every fingerprint" if bank.sampling == "all" else f"the defender's fixed {bank.k} fingerprints"
 
     def scores(x: torch.Tensor) -> ViewOutput:
         logits, feats = bank.activations(x)
