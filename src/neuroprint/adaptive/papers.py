@@ -69,16 +69,20 @@ class NeuralFPCW(PaperAttack):
 
 @ADAPTIVE_ATTACKS.register("cw-opt")
 class CWOptAttack(PaperAttack):
-    """CW-Opt against NNIF: `steps` Adam steps with weight `c` (default 1)."""
+    """CW-Opt against NNIF: `steps` Adam steps of size `lr` (default 0.05) with weight `c` (default 1) and
+    helpful-point weight `beta` (default 1e-4: with the paper's beta = 1 the distance term dominates and the attack
+    never fools mnist-net)."""
 
     name = "cw-opt"
     applies_to = ("nnif",)
 
-    def __init__(self, c: float = 1.0, **base: Any) -> None:
+    def __init__(self, c: float = 1.0, beta: float = 1e-4, lr: float = 0.05, **base: Any) -> None:
         super().__init__(**base)
-        self.params["c"] = check_float("c", c, 0.0, 1e6)
+        self.params.update(c=check_float("c", c, 0.0, 1e6), beta=check_float("beta", beta, 0.0, 1e6, low_open=False),
+                           lr=check_float("lr", lr, 0.0, 10.0))
 
     def inner(self, view: DetectorView) -> Attack:
         if not isinstance(view.detector, NNIFDetector):
             raise ConfigError(f"cw-opt needs an NNIF detector, got {type(view.detector).__name__}")
-        return CWOpt(view.detector, c=self.params["c"], steps=self.params["steps"])
+        return CWOpt(view.detector, c=self.params["c"], steps=self.params["steps"], lr=self.params["lr"],
+                     beta=self.params["beta"])
