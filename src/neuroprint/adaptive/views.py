@@ -148,9 +148,9 @@ def _bank(bank: BankDetector, draws: int | None, check_draws: int) -> tuple[Scor
         checker.sampling, n_check = "secure", check_draws
         surrogate.sampling, n_loss = ("all", 1) if draws is None else ("secure", draws)
     if randomized:
-        how = "every fingerprint (the expectation over draws)" if draws is None else f"EOT over {draws} random draws"
+        how = "over every fingerprint (the expectation over draws)" if draws is None else f"EOT over {draws} draws"
     else:
-        how = "every fingerprint" if bank.sampling == "all" else f"the defender's fixed {bank.k} fingerprints"
+        how = "over every fingerprint" if bank.sampling == "all" else f"over the defender's fixed {bank.k} fingerprints"
 
     def scores(x: torch.Tensor) -> ViewOutput:
         logits, feats = bank.activations(x)
@@ -160,7 +160,7 @@ def _bank(bank: BankDetector, draws: int | None, check_draws: int) -> tuple[Scor
             check = torch.stack([checker.score_activations(*on_cpu) for _ in range(n_check)]).amax(0)
         return ViewOutput(logits, loss.to(logits.device), check.to(logits.device))
 
-    return scores, f"uncapped score over {how}", bank.sampling == "secure"
+    return scores, f"uncapped score, {how}", bank.sampling == "secure"
 
 
 def differentiable_activations(
