@@ -8,11 +8,14 @@ view of the detector (`neuroprint.adaptive.views`), and the *defender's* detecto
 
     SR@FPR = share of attacked images that are misclassified and not flagged  (`metrics.success_rate_at_threshold`)
 
-The worst case is per image, as AutoAttack reports one: of all the suite's outputs for an image, the attacker
-submits the misclassified one its own view scores lowest, and the defender judges that one. For a deterministic
-detector the view's check is the defender's score, so this counts an image lost when any attack got it through;
-for a randomized one the defender draws once, as it would for a real query (the attacker gets no retries). Beside it: the success of the same budget's PGD with no detector in the loss (the
-high-confidence attack's misclassification rate), and the FPR the threshold actually reaches on clean test images.
+For a detector that draws at random per query (the bank with `sampling="secure"`) every verdict is averaged over
+`DEFENDER_DRAWS` independent draws. The worst case is per image, as AutoAttack reports one: of all the suite's
+outputs for an image, the attacker submits the misclassified one its own view scores lowest, and the defender
+judges that one. For a deterministic detector the view's check is the defender's score, so this counts an image
+lost when any attack got it through; a randomized one gives the attacker no retries. Beside it: the attack success
+with no detector judging (the highest misclassification rate of one attack of the suite at that budget; the worst
+case can exceed it, as attacks get through on different images), and the FPR the threshold actually reaches on
+clean test images.
 Adaptive outputs are cached under `cache_dir`/robustness, keyed by everything that determines them.
 """
 from __future__ import annotations
@@ -237,7 +240,7 @@ def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: 
                     budget: Budget, sources: Split, guides: Split, model_dir: str, outcome: DetectorOutcome,
                     progress: bool, log: Log) -> None:
     """Run the suite against `detector` at `budget` on `sources`; append to `outcome` every attack's SR@FPR, the
-    worst case and the success with no detector."""
+    worst case and the success with no detector judging (the highest misclassification rate of one attack)."""
     chosen = sources.x.clone()  # per image, the attacker's pick among the suite's outputs
     chosen_check = torch.full((len(sources),), math.inf)
     for attack_spec in config.suite(detector.name):
@@ -262,8 +265,7 @@ def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: 
             _success_rate(detector, view, result.x_adv, result.fooled), seconds, attack.params["steps"],
             attack.params["restarts"], 1000 * seconds / result.image_steps if seconds and result.image_steps else None,
             result.curve))
-        if attack.name == "high-confidence":
-            outcome.no_detector[str(budget)] = fooled
+        outcome.no_detector[str(budget)] = max(fooled, outcome.no_detector.get(str(budget), 0.0))
         log(f"  {outcome.detector} {budget} {attack.name}: fooled {fooled:.3f}, "
             f"SR@{config.fpr:g}FPR {outcome.attacks[-1].sr:.3f} ({seconds:.0f} s)")
     outcome.worst_case[str(budget)] = _success_rate(detector, view, chosen, classifier.predict(chosen) != sources.y)
