@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from neuroprint.adaptive import make_adaptive_attack
-from neuroprint.adaptive.base import NORMS, AdaptiveAttack, AdaptiveResult
+from neuroprint.adaptive.base import NORMS, AdaptiveAttack
+from neuroprint.adaptive.cache import cached_attack
 from neuroprint.adaptive.feature_matching import FeatureMatching
 from neuroprint.adaptive.views import DetectorView, detector_view
 from neuroprint.data import Split, load_dataset
@@ -47,7 +47,7 @@ from neuroprint.evaluation.protocol import (
     load_model,
     protocol_splits,
 )
-from neuroprint.io import atomic_path, git_commit, versions, write_json
+from neuroprint.io import git_commit, versions
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import TrainConfig
 from neuroprint.registry import ADAPTIVE_ATTACKS
@@ -250,7 +250,7 @@ def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: 
             attack.set_guides(guides.x, guides.y)
         key = _key(model_dir, outcome.detector, config, attack, sources, detector.threshold_)
         try:
-            result, seconds = _cached_attack(attack, classifier, view, sources, key,
+            result, seconds = cached_attack(attack, classifier, view, sources, key,
                                              config.cache_dir / "robustness", config.batch_size, progress)
         except (ConfigError, InputError) as exc:  # this attack cannot run here; the others still can
             log(f"  {outcome.detector} {budget} {attack.name}: not run ({exc})")
@@ -303,24 +303,3 @@ def _key(model_dir: str, spec: str, config: RobustnessConfig, attack: AdaptiveAt
                        "images": hashlib.sha256(sources.x.numpy().tobytes()).hexdigest(), "labels": sources.y.tolist(),
                        "version": versions()["neuroprint"]}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _cached_attack(attack: AdaptiveAttack, classifier: Classifier, view: DetectorView, sources: Split, key: str,
-                   directory: Path, batch_size: int, progress: bool) -> tuple[AdaptiveResult, float]:
-    """Run `attack` on `sources`, or reuse its cached output (`x_adv` and the attacker's records; whether the
-    classifier is fooled is recomputed, as are the defender's verdicts); returns it and the attack's seconds."""
-    path = directory / f"{attack.name}-{key}"
-    if Path(f"{path}.json").is_file() and Path(f"{path}.safetensors").is_file():
-        meta = json.loads(Path(f"{path}.json").read_text())
-        x_adv = load_file(f"{path}.safetensors")["x_adv"]
-        fooled = classifier.predict(x_adv) != sources.y
-        evades = load_file(f"{path}.safetensors")["evades"] & fooled
-        return AdaptiveResult(x_adv, fooled, evades, meta["curve"], meta["image_steps"]), float(meta["seconds"])
-    start = time.perf_counter()
-    result = attack(classifier, view, sources.x, sources.y, batch_size=batch_size, progress=progress)
-    seconds = time.perf_counter() - start
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(f"{path}.safetensors") as tmp:
-        save_file({"x_adv": result.x_adv.contiguous(), "evades": result.evades}, str(tmp))
-    write_json(f"{path}.json", {"curve": result.curve, "image_steps": result.image_steps, "seconds": seconds})
-    return result, seconds
