@@ -26,9 +26,10 @@ def cached_attack(attack: AdaptiveAttack, classifier: Classifier, view: Detector
     path = directory / f"{attack.name}-{key}"
     if Path(f"{path}.json").is_file() and Path(f"{path}.safetensors").is_file():
         meta = json.loads(Path(f"{path}.json").read_text())
-        x_adv = load_file(f"{path}.safetensors")["x_adv"]
+        tensors = load_file(f"{path}.safetensors")
+        x_adv = tensors["x_adv"]
         fooled = classifier.predict(x_adv) != sources.y
-        evades = load_file(f"{path}.safetensors")["evades"] & fooled
+        evades = tensors["evades"] & fooled
         return AdaptiveResult(x_adv, fooled, evades, meta["curve"], meta["image_steps"]), float(meta["seconds"])
     start = time.perf_counter()
     result = attack(classifier, view, sources.x, sources.y, batch_size=batch_size, progress=progress)

@@ -49,7 +49,7 @@ from neuroprint.evaluation.protocol import (
 )
 from neuroprint.io import git_commit, versions
 from neuroprint.models.classifier import Classifier
-from neuroprint.models.training import TrainConfig
+from neuroprint.models.training import TrainConfig, accuracy
 from neuroprint.registry import ADAPTIVE_ATTACKS
 from neuroprint.specs import parse_spec
 
@@ -203,7 +203,7 @@ def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = p
     splits = protocol_splits(classifier, data, config.n_fit, max(2 * config.n_attack, N_TEST_CLEAN), config.seed)
     sources = correct_clean(classifier, data.test, splits.test_adv_index)
     sources = sources.subset(torch.arange(min(config.n_attack, len(sources))))
-    clean_accuracy = float((classifier.predict(data.test.x) == data.test.y).float().mean())
+    clean_accuracy = accuracy(classifier, data.test)
     log(f"model {model_tag}: clean test accuracy {clean_accuracy:.4f}; attacking {len(sources)} test images")
     fit_adv, _ = cached_adversarial_set(classifier, model_tag, config.fit_attack, data.val, "val",
                                         splits.val_adv_index, config.cache_dir, config.batch_size, progress)
