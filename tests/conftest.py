@@ -1,11 +1,16 @@
 """Shared fixtures: the digits dataset and a small CNN trained on it in a few seconds."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 
 from neuroprint.data import DataSplits, load_dataset
+from neuroprint.guard import GuardConfig, fit_guard
 from neuroprint.models import Classifier, build_model
+from neuroprint.models.checkpoint import save_checkpoint
 from neuroprint.models.fingerprints import FingerprintConfig
 from neuroprint.models.training import TrainConfig, TrainHistory, train
 
@@ -41,3 +46,31 @@ def fp_trained(digits: DataSplits) -> tuple[Classifier, TrainHistory]:
 @pytest.fixture(scope="session")
 def fp_classifier(fp_trained: tuple[Classifier, TrainHistory]) -> Classifier:
     return fp_trained[0]
+
+
+@pytest.fixture(scope="session")
+def guard_checkpoint(tiny_classifier: Classifier, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_classifier` saved as a checkpoint directory (digits, 1x8x8 images, 10 classes)."""
+    directory = tmp_path_factory.mktemp("guard") / "model"
+    save_checkpoint(tiny_classifier, directory, {"architecture": "small-cnn", "arch_kwargs": {"in_channels": 1, "width": 8},
+                                                 "dataset": "digits", "clean_accuracy": None})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def guard_dir(guard_checkpoint: Path) -> Path:
+    """A guard (bank + mahalanobis at 5% FPR, fit on PGD) of `guard_checkpoint`, saved next to it."""
+    config = GuardConfig(checkpoint=guard_checkpoint, detectors=["bank", "mahalanobis"],
+                         attacks=["pgd:eps=0.3,steps=10"], n_fit=240, n_test=100)
+    directory = guard_checkpoint.parent / "guard"
+    fit_guard(config, progress=False, log=lambda _: None).save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def guard_url(guard_dir: Path) -> Iterator[str]:
+    """Base URL of a real `neuroprint serve` process serving `guard_dir` (secure draws, no API key)."""
+    from guard_server import running_server
+
+    with running_server(guard_dir) as url:
+        yield url

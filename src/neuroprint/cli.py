@@ -1,4 +1,4 @@
-"""The `neuroprint` command line: list, train, attack, evaluate, robustness, demo, ownership.
+"""The `neuroprint` command line: list, train, attack, evaluate, robustness, fit, score, serve, demo, ownership.
 
 Every `NeuroprintError` (bad names, bad values, missing or corrupt files) becomes one line on stderr and exit code 2.
 """
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from neuroprint.errors import ConfigError, NeuroprintError
+from neuroprint.guard import cli as guard_cli
 from neuroprint.ownership.cli import ownership_app
 
 if TYPE_CHECKING:
@@ -21,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Detect adversarial inputs with neural fingerprints; evaluate detectors honestly.")
 
 app.add_typer(ownership_app, name="ownership")
+app.command()(guard_cli.fit)
+app.command()(guard_cli.score)
+app.command()(guard_cli.serve)
 
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `neuroprint list`)")]
 DataPath = Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz")]

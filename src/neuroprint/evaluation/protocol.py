@@ -181,12 +181,20 @@ class ProtocolSplits:
 def protocol_splits(classifier: Classifier, data: DataSplits, n_fit: int, n_test: int, seed: int) -> ProtocolSplits:
     """Seeded draw of the protocol's image sets: `n_fit` validation and `n_test` test sources, each cut in two
     disjoint halves (clean, attacked); only correctly classified clean images are kept."""
-    val_clean_idx, val_adv_idx = draw_sources(len(data.val), n_fit, seed)
+    val_clean, val_calib, val_adv_idx = fit_splits(classifier, data.val, n_fit, seed)
     test_clean_idx, test_adv_idx = draw_sources(len(data.test), n_test, seed + 1)
-    val_clean = correct_clean(classifier, data.val, val_clean_idx)
+    return ProtocolSplits(val_clean, val_calib, val_adv_idx, correct_clean(classifier, data.test, test_clean_idx),
+                          test_adv_idx)
+
+
+def fit_splits(classifier: Classifier, val: Split, n_fit: int, seed: int) -> tuple[Split, Split, torch.Tensor]:
+    """Seeded draw of `n_fit` sources from `val`, cut in two disjoint halves: the correctly classified clean half,
+    split into images to fit on and a quarter held out to set thresholds on, and the indices of the half to attack.
+    Returns (fit clean, calibration clean, attack index)."""
+    val_clean_idx, val_adv_idx = draw_sources(len(val), n_fit, seed)
+    val_clean = correct_clean(classifier, val, val_clean_idx)
     calib_mask = torch.rand(len(val_clean), generator=torch.Generator().manual_seed(seed + 2)) < 0.25
-    return ProtocolSplits(val_clean.subset(~calib_mask), val_clean.subset(calib_mask), val_adv_idx,
-                          correct_clean(classifier, data.test, test_clean_idx), test_adv_idx)
+    return val_clean.subset(~calib_mask), val_clean.subset(calib_mask), val_adv_idx
 
 
 def correct_clean(classifier: Classifier, split: Split, index: torch.Tensor) -> Split:
