@@ -4,12 +4,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from neuroprint.data import DataSplits
+from neuroprint.data import DataSplits, load_dataset
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.features import activations, extract, pool
 from neuroprint.models import MODELS, Classifier, build_model
-from neuroprint.models.checkpoint import load_checkpoint, load_or_train, load_user_model, save_checkpoint
-from neuroprint.models.training import TrainConfig
+from neuroprint.models.checkpoint import (
+    SHIPPED_WEIGHTS,
+    load_checkpoint,
+    load_or_train,
+    load_user_model,
+    save_checkpoint,
+)
+from neuroprint.models.training import TrainConfig, accuracy
 
 
 @pytest.mark.parametrize(
@@ -120,6 +126,14 @@ def test_checkpoint_round_trip_and_cache(digits: DataSplits, tmp_path: Path) -> 
     x = digits.test.x[:10]
     assert torch.allclose(clf(x), again(x), atol=1e-6)
     assert again.layers == clf.layers and torch.allclose(again.mean, clf.mean)
+
+
+def test_shipped_mnist_weights_load_and_keep_their_recorded_accuracy(tmp_path: Path) -> None:
+    data = load_dataset("mnist")
+    clf, meta, directory = load_or_train("mnist-net", data, TrainConfig(), cache_dir=tmp_path, progress=False)
+    assert directory.parent == SHIPPED_WEIGHTS and not any(tmp_path.iterdir())  # loaded, nothing trained
+    assert meta["clean_accuracy"] > 0.99 and meta["train_config"]["epochs"] == TrainConfig().epochs
+    assert accuracy(clf, data.test) == pytest.approx(meta["clean_accuracy"], abs=1e-4)
 
 
 def test_checkpoint_errors(tmp_path: Path, tiny_classifier: Classifier) -> None:

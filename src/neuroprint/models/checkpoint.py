@@ -26,6 +26,9 @@ from neuroprint.models.training import TrainConfig, accuracy, train
 from neuroprint.registry import MODELS
 
 WEIGHTS, META, FINGERPRINTS = "model.safetensors", "model.json", "fingerprints.safetensors"
+#: Checkpoints that ship inside the package, trained by `neuroprint train` / `load_or_train` and named by their
+#: `model_key`: `load_or_train` uses one when the requested configuration matches it exactly.
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 
 
 def save_checkpoint(classifier: Classifier, directory: str | Path, meta: dict[str, Any]) -> None:
@@ -175,13 +178,16 @@ def load_or_train(
     progress: bool = True,
     device: str = "cpu",
 ) -> tuple[Classifier, dict[str, Any], Path]:
-    """Reuse the cached model for this exact configuration, or train and cache it. Returns (model, meta, dir)."""
+    """Reuse the cached (or shipped, `SHIPPED_WEIGHTS`) model for this exact configuration, or train and cache it.
+    Returns (model, meta, dir)."""
     c, h, _ = data.image_shape
     probe_kwargs = {"in_channels": c, "num_classes": data.num_classes, "image_size": h}
-    directory = Path(cache_dir) / model_key(architecture, data.name, config, probe_kwargs)
-    if (directory / META).is_file():
-        clf, meta = load_checkpoint(directory)
-        return clf.to(device), meta, directory
+    key = model_key(architecture, data.name, config, probe_kwargs)
+    for directory in (Path(cache_dir) / key, SHIPPED_WEIGHTS / key):
+        if (directory / META).is_file():
+            clf, meta = load_checkpoint(directory)
+            return clf.to(device), meta, directory
+    directory = Path(cache_dir) / key
     clf, meta = train_model(architecture, data, config, progress, device)
     save_checkpoint(clf, directory, meta)
     return clf, meta, directory
