@@ -1,0 +1,112 @@
+"""`neuroprint evaluate`, `robustness` and `demo`: detectors against standard and adaptive attacks."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neuroprint.cli.options import (
+    CacheDir,
+    DataPath,
+    Dataset,
+    Device,
+    Epochs,
+    JsonPath,
+    Model,
+    NFit,
+    Seed,
+    dataset_options,
+    echo,
+    train_config,
+)
+
+
+def evaluate(
+    detector: Annotated[list[str], typer.Option("--detector", help="detector name (repeatable)")],
+    attack_specs: Annotated[list[str], typer.Option("--attack", "-a", help="attack spec (repeatable)")],
+    dataset: Dataset = "mnist",
+    data_path: DataPath = None,
+    model: Model = "mnist-net",
+    fit_attack: Annotated[list[str] | None, typer.Option("--fit-attack", help="fit only on this attack (repeatable); test on all")] = None,
+    n_fit: NFit = 1000,
+    n_test: Annotated[int, typer.Option(help="test source images (half clean, half attacked)")] = 1000,
+    epochs: Epochs = 4,
+    seed: Seed = 0,
+    out_dir: Annotated[Path, typer.Option(help="where results.md, roc.png and results.json go")] = Path("runs/eval"),
+    json_path: JsonPath = None,
+    cache_dir: CacheDir = Path("runs/cache"),
+    device: Device = "cpu",
+) -> None:
+    """Evaluate every detector on every attack with the leakage-free protocol; prints a Markdown table."""
+    from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
+    from neuroprint.evaluation.report import markdown_table, write_outputs
+    config = EvalConfig(
+        dataset=dataset, dataset_options=dataset_options(data_path), model=model,
+        train=train_config(epochs, seed), attacks=attack_specs,
+        detectors=detector, fit_attacks=fit_attack or None, n_fit=n_fit, n_test=n_test, seed=seed,
+        cache_dir=cache_dir, device=device,
+    )
+    report = run_evaluation(config, log=echo)
+    paths = write_outputs(report, out_dir, json_path)
+    typer.echo(markdown_table(report))
+    typer.echo(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+
+
+def robustness(
+    detector: Annotated[list[str], typer.Option("--detector", help="detector spec (repeatable), e.g. bank:sampling=secure")],
+    eps: Annotated[list[str] | None, typer.Option("--eps", help="budget (repeatable): 0.3 or linf:0.3 (L-inf), l2:2 "
+                                                               "(L2), pixel units of [0, 1] images")] = None,
+    attack_specs: Annotated[list[str] | None, typer.Option("--attack", "-a", help="adaptive attack spec (repeatable; "
+                                                           "default: the whole suite, see `neuroprint list`)")] = None,
+    dataset: Dataset = "mnist",
+    data_path: DataPath = None,
+    model: Model = "mnist-net",
+    fit_attack: Annotated[str, typer.Option(help="attack the detectors are fit on (validation split)")] = "pgd",
+    n_fit: NFit = 1000,
+    n_attack: Annotated[int, typer.Option(help="correctly classified test images to attack")] = 100,
+    steps: Annotated[int, typer.Option(help="gradient steps per attack and restart")] = 200,
+    restarts: Annotated[int, typer.Option(help="random restarts per attack (the first starts at the image)")] = 1,
+    eot: Annotated[int | None, typer.Option(help="randomized detectors: EOT over this many draws per step "
+                                                 "(default: the exact expectation over draws)")] = None,
+    fpr: Annotated[float, typer.Option(help="false-positive rate the thresholds are set at")] = 0.05,
+    epochs: Epochs = 4,
+    seed: Seed = 0,
+    out_dir: Annotated[Path, typer.Option(help="where robustness.md, convergence.png and robustness.json go")] = Path("runs/robustness"),
+    json_path: JsonPath = None,
+    cache_dir: CacheDir = Path("runs/cache"),
+    device: Device = "cpu",
+) -> None:
+    """Attack every detector with adaptive attackers who know it; prints SR@FPR per attack, budget and worst case."""
+    from neuroprint.adaptive.report import markdown_table, write_outputs
+    from neuroprint.adaptive.robustness import RobustnessConfig, run_robustness
+    config = RobustnessConfig(
+        detectors=detector, budgets=eps or ["linf:0.1", "linf:0.3"], attacks=attack_specs, dataset=dataset,
+        dataset_options=dataset_options(data_path), model=model,
+        train=train_config(epochs, seed), fit_attack=fit_attack,
+        n_fit=n_fit, n_attack=n_attack, steps=steps, restarts=restarts, eot=eot, fpr=fpr, seed=seed,
+        cache_dir=cache_dir, device=device,
+    )
+    report = run_robustness(config, log=echo)
+    paths = write_outputs(report, out_dir, json_path)
+    typer.echo(markdown_table(report))
+    typer.echo(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+
+
+def demo(
+    out_dir: Annotated[Path, typer.Option(help="where results go")] = Path("runs/demo"),
+    n: Annotated[int, typer.Option("--n", help="source images per split (half clean, half attacked)")] = 600,
+) -> None:
+    """The main job: real MNIST end to end (train or reuse the model, attack, fit the fast detectors, print the
+    table). The other detectors run through `neuroprint evaluate` (NeuralFP needs a fingerprinted model)."""
+    from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
+    from neuroprint.evaluation.report import markdown_table, write_outputs
+
+    start = time.perf_counter()
+    config = EvalConfig(dataset="mnist", model="mnist-net", attacks=["fgsm", "bim-a", "bim-b", "pgd"],
+                        detectors=["bank", "lid", "mahalanobis"], n_fit=n, n_test=n)
+    report = run_evaluation(config, log=echo)
+    paths = write_outputs(report, out_dir)
+    typer.echo(markdown_table(report))
+    typer.echo(f"\nfinished in {time.perf_counter() - start:.0f} s; written: {', '.join(str(p) for p in paths.values())}")
