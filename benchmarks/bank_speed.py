@@ -18,6 +18,7 @@ import torch
 from common import emit, interleaved_medians
 
 from neuroprint.detectors.bank import BankDetector
+from neuroprint.detectors.fingerprint_selection import check_subset_width
 from neuroprint.models import Classifier, build_model
 
 
@@ -35,10 +36,10 @@ def main() -> None:
     authors = {"layers": ["authors"], "pooling": "flatten", "subset": "concat", "d": 50, "whiten": False,
                "score_kind": "lr", "k": 30, "max_uses": None, "output_cap": None}
     det = BankDetector(n_candidates=args.candidates, **(authors if args.authors_config else {}))  # type: ignore[arg-type]
-    det.classifier_, det.layers_ = clf, det._resolve_layers(clf)
+    det.classifier_, det.layers_ = clf, det.feature_layers(clf)
     x = torch.rand(args.batch, 1, 28, 28)
-    widths = det._batched_features(x[:2])[2]
-    det._check_widths(widths)
+    widths = det.batched_activations(x[:2])[2]
+    check_subset_width(det.d, det.subset, widths)
     total = sum(widths)
 
     # construction: synthetic activations where a tenth of the neurons shift under attack
@@ -48,16 +49,11 @@ def main() -> None:
     labels = torch.arange(n_classes).repeat_interleave(args.per_class)
     adv = torch.randn(n_classes * args.per_class, total, generator=gen) + (torch.rand(total, generator=gen) < 0.1) * 2.0
     logits = torch.randn(len(labels), n_classes, generator=gen) + 5.0 * torch.nn.functional.one_hot(labels)
-    banks, start = [], time.perf_counter()
-    det.whiteners_ = det._whiteners(clean, labels, widths, n_classes) if det.whiten else ()
-    white_clean, white_adv = det._whitened(clean), det._whitened(adv)
-    for c in range(n_classes):
-        banks.append(det._build_bank(white_clean[labels == c], white_adv[labels == c], widths, gen))
-    det._set_banks(banks)
+    start = time.perf_counter()
+    det.fit_banks(clean, labels, adv, labels, widths, n_classes)
     if det.output_cap is not None:
-        det._fit_output(logits, clean, labels)
+        det.fit_output_term(logits, clean, labels)
     build_seconds = time.perf_counter() - start
-    det.fit_report_ = {}
 
     with torch.no_grad():
         medians = interleaved_medians({"forward": lambda: clf(x), "score": lambda: det.score(x)}, repeats=args.repeats)

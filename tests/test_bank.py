@@ -14,6 +14,7 @@ from torch import nn
 from neuroprint.data import DataSplits
 from neuroprint.detectors.bank import BankDetector, authors_default_layers
 from neuroprint.detectors.base import Detector
+from neuroprint.detectors.whitening import whiten, within_class_whiteners
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.models import Classifier
 
@@ -33,7 +34,7 @@ def test_selection_rule_matches_scipy_welch_and_cohens_d() -> None:
     adv = torch.randn(50, 40, generator=gen)
     adv[:, :10] += torch.linspace(0.2, 3.0, 10)  # neurons 0..9 shift by growing amounts
     det = BankDetector(d=1, n_candidates=400, bank_size=1000, k=1, max_p=1e-3, min_effect=1.5)
-    bank = det._build_bank(clean, adv, [40], torch.Generator().manual_seed(1))
+    bank = det.build_bank(clean, adv, [40], torch.Generator().manual_seed(1))
     kept = set(bank["index"].flatten().tolist())
     expected = set()
     for j in range(40):
@@ -50,7 +51,7 @@ def test_selection_rule_matches_scipy_welch_and_cohens_d() -> None:
 def test_bank_keeps_at_most_bank_size() -> None:
     clean, adv = torch.zeros(30, 20) + torch.randn(30, 20) * 0.1, torch.ones(30, 20) + torch.randn(30, 20) * 0.1
     det = BankDetector(d=3, n_candidates=500, bank_size=25, k=5)
-    bank = det._build_bank(clean, adv, [20], torch.Generator().manual_seed(0))
+    bank = det.build_bank(clean, adv, [20], torch.Generator().manual_seed(0))
     assert len(bank["index"]) == 25
     assert all(len(set(row.tolist())) == 3 for row in bank["index"])  # distinct neurons within a fingerprint
 
@@ -70,7 +71,7 @@ def fitted_by_hand(sampling: str = "all", score_kind: str = "lr", back_weight: f
          "sd_clean": torch.tensor([0.1]), "mu_adv": torch.tensor([0.0]), "sd_adv": torch.tensor([0.2]),
          "effect": torch.tensor([-3.0])},
     ]
-    det._set_banks(banks)
+    det.set_banks(banks)
     return det
 
 
@@ -128,8 +129,8 @@ def test_output_term_is_fit_on_the_clean_inputs(fitted_bank: tuple[BankDetector,
         rows = white[y == c] if int((y == c).sum()) >= det.min_adv else white
         assert torch.allclose(det.output_means_[c], rows.mean(0), atol=1e-4)
     assert int(torch.bincount(y).min()) < det.min_adv  # digits' small validation split exercises that fallback
-    assert torch.allclose(det.output_whitener_, det._whiteners(logits, y, [10], 10)[0])  # the clean fit logits'
-    distance = det._output_distance(logits, logits.argmax(1))
+    assert torch.allclose(det.output_whitener_, within_class_whiteners(logits, y, [10], 10, det.shrinkage)[0])  # the clean fit logits'
+    distance = det.output_distance(logits, logits.argmax(1))
     assert det.output_norm_[2:].tolist() == pytest.approx([distance.mean().item(), distance.std().item()], rel=1e-4)
 
 
@@ -137,8 +138,8 @@ def test_max_uses_keeps_the_greedy_least_reused_fingerprints() -> None:
     gen = torch.Generator().manual_seed(0)
     clean, adv = torch.randn(60, 12, generator=gen), torch.randn(60, 12, generator=gen)
     adv[:, :6] += torch.linspace(1.0, 3.0, 6)  # neurons 0..5 separate, the strongest most
-    ranked = BankDetector(d=2, n_candidates=300, bank_size=1000, k=1)._build_bank(clean, adv, [12], torch.Generator().manual_seed(1))
-    bank = BankDetector(d=2, n_candidates=300, bank_size=8, k=1, max_uses=2)._build_bank(
+    ranked = BankDetector(d=2, n_candidates=300, bank_size=1000, k=1).build_bank(clean, adv, [12], torch.Generator().manual_seed(1))
+    bank = BankDetector(d=2, n_candidates=300, bank_size=8, k=1, max_uses=2).build_bank(
         clean, adv, [12], torch.Generator().manual_seed(1))
     uses, expected = [0] * 12, []
     for row in ranked["index"].tolist():  # the rule by hand: best |d| first, each neuron in at most 2 kept
@@ -158,14 +159,14 @@ def test_whiteners_decorrelate_the_clean_classes() -> None:
     f = torch.randn(400, 5, generator=gen)
     f[:, :3] = f[:, :3] @ mix + 3.0 * y[:, None]  # layer A (3 neurons): correlated, class-shifted; layer B: 2 neurons
     det = BankDetector(whiten=True, shrinkage=0.0)
-    det.whiteners_ = det._whiteners(f, y, [3, 2], 2)
+    det.whiteners_ = within_class_whiteners(f, y, [3, 2], 2, shrinkage=0.0)
     assert [tuple(w.shape) for w in det.whiteners_] == [(3, 3), (2, 2)]
     assert torch.allclose(det.whiteners_[0], det.whiteners_[0].T, atol=1e-5)  # ZCA: symmetric
-    white = det._whitened(f)
+    white = whiten(f, det.whiteners_)
     centred = torch.cat([white[y == c] - white[y == c].mean(0) for c in (0, 1)])
     cov = centred.T @ centred / (400 - 2)  # within-class covariance: identity inside each layer
     assert torch.allclose(cov[:3, :3], torch.eye(3), atol=1e-4) and torch.allclose(cov[3:, 3:], torch.eye(2), atol=1e-4)
-    shrunk = BankDetector(whiten=True, shrinkage=1.0)._whiteners(f, y, [3, 2], 2)[0]
+    shrunk = within_class_whiteners(f, y, [3, 2], 2, shrinkage=1.0)[0]
     assert torch.allclose(shrunk, torch.diag(torch.diag(shrunk)))  # full shrinkage: per-neuron scaling only
 
 
@@ -278,10 +279,10 @@ def test_constant_fingerprints_give_finite_scores() -> None:
     det.sd_clean_.zero_()
     det.sd_adv_.zero_()
     clean, adv = torch.zeros(20, 4), torch.zeros(20, 4)  # every neuron constant: std 0
-    bank = det._build_bank(clean, adv, [4], torch.Generator().manual_seed(0))
+    bank = det.build_bank(clean, adv, [4], torch.Generator().manual_seed(0))
     assert len(bank["index"]) == 0  # no difference -> nothing kept, and no NaN in the statistics
     adv[:, 0] = 1.0  # constant but different: infinite effect without the variance floor
-    bank = BankDetector(d=1, k=1, n_candidates=50)._build_bank(clean, adv, [4], torch.Generator().manual_seed(0))
+    bank = BankDetector(d=1, k=1, n_candidates=50).build_bank(clean, adv, [4], torch.Generator().manual_seed(0))
     assert len(bank["index"]) > 0 and torch.isfinite(bank["sd_clean"]).all() and (bank["sd_clean"] > 0).all()
 
 
@@ -305,10 +306,10 @@ def test_default_reads_every_classifier_layer_and_authors_gives_the_authors_rule
     assert default.output_cap == 5.0 and make_detector("bank:output_cap=none").output_cap is None
     assert make_detector("bank:output_cap=0").output_cap is None
     mnist = Classifier(build_model("mnist-net"))
-    assert BankDetector()._resolve_layers(mnist) == ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "logits"]
+    assert BankDetector().feature_layers(mnist) == ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "logits"]
     for spec in ("bank:layers=authors", "bank:layers=authors,max_uses=none", "bank:layers=authors,max_uses=0"):
         authors = make_detector(spec)
-        assert authors.layers == ["authors"] and authors._resolve_layers(mnist) == authors_default_layers(mnist)
+        assert authors.layers == ["authors"] and authors.feature_layers(mnist) == authors_default_layers(mnist)
         assert authors_default_layers(mnist) == ["conv3", "conv4", "fc1", "fc2", "logits"]
     assert make_detector("bank:layers=authors,max_uses=none").max_uses is None
     assert make_detector("bank:layers=authors,max_uses=0").max_uses is None  # 0: no cap
@@ -320,9 +321,9 @@ def test_wide_layers_are_scaled_per_neuron_instead_of_whitened() -> None:
     y = torch.arange(300) % 3
     f = torch.randn(300, 4 + 4100, generator=gen) * torch.linspace(0.5, 3.0, 4104)
     det = BankDetector()
-    det.whiteners_ = det._whiteners(f, y, [4, 4100], 3)
+    det.whiteners_ = within_class_whiteners(f, y, [4, 4100], 3, det.shrinkage)
     assert tuple(det.whiteners_[0].shape) == (4, 4) and tuple(det.whiteners_[1].shape) == (4100,)
-    white = det._whitened(f)[:, 4:]
+    white = whiten(f, det.whiteners_)[:, 4:]
     centred = torch.cat([white[y == c] - white[y == c].mean(0) for c in range(3)])
     assert torch.allclose((centred**2).sum(0) / (300 - 3), torch.ones(4100), atol=1e-3)  # unit within-class variance
 
