@@ -31,9 +31,13 @@ def images_from_lists(value: Any, image_shape: tuple[int, int, int]) -> torch.Te
     if not isinstance(value, list) or not value:
         raise InputError(f"inputs must be a non-empty list of images {expected}, got {type(value).__name__}")
     try:
-        array = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise InputError(f"inputs must be numbers nested as {expected} (ragged or non-numeric lists)") from None
+    if array.dtype.kind not in "iuf":  # strings, booleans, nulls, ragged lists and huge integers
+        raise InputError(f"inputs must be numbers nested as {expected} (ragged or non-numeric lists)")
+    with np.errstate(over="ignore"):  # finite float64 beyond float32 becomes inf, refused below
+        array = array.astype(np.float32)
     if array.ndim == 3 and c == 1:
         array = array[:, None]
     return _checked(array, image_shape, expected)
@@ -70,6 +74,8 @@ def image_from_bytes(data: bytes, image_shape: tuple[int, int, int], name: str =
             if image.size != (w, h):
                 image = image.resize((w, h), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.float32) / 255.0
+    except InputError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"{name} is not a readable image (PNG, JPEG, BMP, GIF, TIFF or WebP): {type(exc).__name__}") from None
     array = array[None, None] if c == 1 else array.transpose(2, 0, 1)[None]

@@ -12,6 +12,7 @@ and per detector `score_<key>` (FP32 `[N]`, higher = more adversarial) and `flag
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ def parse_infer_request(body: bytes, header_length: str | None,
                         image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, str | None, list[str] | None]:
     """Images `[N, C, H, W]`, the request id and the requested output names (None = all) of an infer request."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise InputError(f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the "
                              f"{len(body)}-byte body")
         header, binary = body[: int(header_length)], body[int(header_length):]
@@ -55,7 +56,7 @@ def parse_infer_request(body: bytes, header_length: str | None,
         header, binary = body, b""
     try:
         request = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise InputError("the infer request is not valid JSON") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or len(request["inputs"]) != 1:
         raise InputError(f'the infer request must be {{"inputs": [one tensor named {INPUT_NAME!r}]}}')
@@ -78,7 +79,7 @@ def _input_tensor(tensor: dict[str, Any], binary: bytes, image_shape: tuple[int,
     if tensor.get("name") != INPUT_NAME:
         raise InputError(f"the input tensor must be named {INPUT_NAME!r}, got {str(tensor.get('name'))[:40]!r}")
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InputError(f"datatype must be one of {', '.join(DATATYPES)}; got {str(datatype)[:20]!r}")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape)
@@ -87,7 +88,7 @@ def _input_tensor(tensor: dict[str, Any], binary: bytes, image_shape: tuple[int,
     dtype = DATATYPES[datatype]
     size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(tensor.get("parameters"), dict) else None
     if size is not None:
-        if not isinstance(size, int) or size != len(binary) or size != int(np.prod(shape)) * dtype.itemsize:
+        if not isinstance(size, int) or size != len(binary) or size != math.prod(shape) * dtype.itemsize:
             raise InputError(f"binary_data_size {size!r} does not match {len(binary)} bytes sent or shape {shape}")
         array = np.frombuffer(binary, dtype=dtype).copy()
     else:
@@ -95,11 +96,15 @@ def _input_tensor(tensor: dict[str, Any], binary: bytes, image_shape: tuple[int,
         if not isinstance(data, list):
             raise InputError("the input tensor needs data (a flat or nested list) or binary data")
         try:
-            array = np.asarray(data, dtype=dtype if datatype != "UINT8" else np.int64)
-        except (ValueError, TypeError, OverflowError):
+            array = np.asarray(data)
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise InputError(f"data must be numbers of datatype {datatype}") from None
-        if array.size != int(np.prod(shape)):
-            raise InputError(f"data holds {array.size} values, shape {shape} needs {int(np.prod(shape))}")
+        if array.dtype.kind not in ("iu" if datatype == "UINT8" else "iuf"):
+            raise InputError(f"data must be numbers of datatype {datatype} (not strings, booleans or nulls)")
+        with np.errstate(over="ignore"):
+            array = array.astype(dtype if datatype != "UINT8" else np.int64)
+        if array.size != math.prod(shape):
+            raise InputError(f"data holds {array.size} values, shape {shape} needs {math.prod(shape)}")
     if datatype == "UINT8":
         if array.size and (array.min() < 0 or array.max() > 255):
             raise InputError("UINT8 data must lie in 0..255")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,7 +41,7 @@ from neuroprint.guard.batcher import MicroBatcher
 from neuroprint.guard.guard import Guard, GuardScores
 from neuroprint.guard.inputs import image_from_bytes, images_from_lists
 from neuroprint.guard.limits import APIKey, BodyLimit, PayloadTooLarge
-from neuroprint.guard.telemetry import ServiceMetrics
+from neuroprint.guard.telemetry import RequestMetrics, ServiceMetrics
 
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")
 
@@ -96,8 +95,20 @@ class InferRequest(BaseModel):
     outputs: list[dict[str, Any]] | None = None
 
 
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its local `#/$defs/...` references replaced by their definitions (none is recursive)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_refs(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {key: _inline_refs(value, defs) for key, value in node.items() if key != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(value, defs) for value in node]
+    return node
+
+
 def _body_doc(model: type[BaseModel], multipart: bool = False) -> dict[str, Any]:
-    content: dict[str, Any] = {"application/json": {"schema": model.model_json_schema()}}
+    schema = model.model_json_schema()
+    content: dict[str, Any] = {"application/json": {"schema": _inline_refs(schema, schema.get("$defs", {}))}}
     if multipart:
         content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}
@@ -111,7 +122,7 @@ def _error(status: int, message: str) -> JSONResponse:
 def _json_body(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise InputError("the body is not valid JSON") from None
 
 
@@ -149,14 +160,6 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
             raise ServiceBusy(f"scoring took longer than {settings.timeout_s} s; retry later") from None
         metrics.observe_verdicts(result)
         return result
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe_request(getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - start)
-        return response
 
     @app.exception_handler(NeuroprintError)
     async def bad_input(_: Request, exc: NeuroprintError) -> JSONResponse:
@@ -282,6 +285,7 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
             raise InputError(f"unknown output(s) {unknown}; valid: {', '.join(valid)}")
         return openinference.infer_response(name, request_id, await score(x), requested)
 
+    app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.api_key:
         app.add_middleware(APIKey, key=settings.api_key, open_paths=OPEN_PATHS)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # outermost: before anything reads the body

@@ -5,6 +5,9 @@ detector), request latency, micro-batch sizes and model time per batch.
 """
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from neuroprint.guard.guard import GuardScores
@@ -45,3 +48,30 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """Pure ASGI middleware that counts and times every request by route and status. (Not `@app.middleware("http")`:
+    Starlette's BaseHTTPMiddleware reads the body in a task group, which wraps an exception raised by `receive`,
+    such as BodyLimit's PayloadTooLarge, in an ExceptionGroup that no exception handler matches: a 500.)"""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def observed(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe_request(getattr(route, "path", "unmatched"), status, time.perf_counter() - start)
