@@ -23,7 +23,7 @@ from neuroprint.adaptive.cw_opt import CWOpt
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics
-from neuroprint.evaluation.protocol import correct_clean, draw_sources
+from neuroprint.evaluation.protocol import protocol_splits
 
 
 def main() -> None:
@@ -45,12 +45,8 @@ def main() -> None:
     cw_val = load_cached_attack(args.cache, model_name, "cw", "val")
     cw_test = load_cached_attack(args.cache, model_name, "cw", "test")
 
-    val_clean_idx, _ = draw_sources(len(data.val), 2000, args.seed)  # the splits of detection_mnist.py
-    test_clean_idx, _ = draw_sources(len(data.test), 2000, args.seed + 1)
-    val_clean = correct_clean(classifier, data.val, val_clean_idx)
-    calib = torch.rand(len(val_clean), generator=torch.Generator().manual_seed(args.seed + 2)) < 0.25
-    val_fit = val_clean.subset(~calib)
-    test_clean = correct_clean(classifier, data.test, test_clean_idx)
+    sets = protocol_splits(classifier, data, 2000, 2000, args.seed)  # the splits of detection_mnist.py
+    val_fit, test_clean = sets.val_clean, sets.test_clean
 
     detector = make_detector(args.detector).set_training_data(data.train.x, data.train.y)
     start = time.perf_counter()

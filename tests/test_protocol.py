@@ -8,8 +8,15 @@ import torch
 
 from neuroprint.data import DataSplits
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.evaluation.protocol import EvalConfig, cached_adversarial_set, correct_clean, draw_sources
+from neuroprint.evaluation.protocol import (
+    EvalConfig,
+    cached_adversarial_set,
+    correct_clean,
+    draw_sources,
+    run_evaluation,
+)
 from neuroprint.models import Classifier
+from neuroprint.models.training import TrainConfig
 
 
 def test_sources_are_disjoint_halves_and_seeded() -> None:
@@ -57,3 +64,13 @@ def test_config_rejects_bad_names_and_sizes_before_any_work() -> None:
         EvalConfig(dataset="digits", attacks=[])
     assert EvalConfig(detectors=["bank:random_state=7"], seed=1).detector("bank:random_state=7").random_state == 7
     assert EvalConfig(seed=1).detector("bank").random_state == 1
+
+
+def test_fit_attacks_only_are_run_on_the_validation_split(tmp_path: Path) -> None:
+    config = EvalConfig(dataset="digits", model="small-cnn", train=TrainConfig(epochs=2, lr_drop_epoch=1),
+                        attacks=["fgsm", "pgd:eps=0.3,steps=5"], fit_attacks=["fgsm"], detectors=["mahalanobis"],
+                        n_fit=200, n_test=200, cache_dir=tmp_path)
+    report = run_evaluation(config, progress=False, log=lambda _: None)
+    ran = sorted((a.spec, a.split) for a in report.attacks)
+    assert ran == [("fgsm", "test"), ("fgsm", "val"), ("pgd:eps=0.3,steps=5", "test")]  # no unread validation set
+    assert [(r.attack, r.fit_attacks) for r in report.results] == [("fgsm", ["fgsm"]), ("pgd:eps=0.3,steps=5", ["fgsm"])]

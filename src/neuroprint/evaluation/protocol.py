@@ -264,16 +264,13 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
     log(f"model {model_tag}: clean test accuracy {clean_acc:.4f}")
 
     sets = protocol_splits(classifier, data, config.n_fit, config.n_test, config.seed)
-    val_clean, val_calib, test_clean = sets.val_clean, sets.val_calib, sets.test_clean
-    val_adv_idx, test_adv_idx = sets.val_adv_index, sets.test_adv_index
-
+    fit_on_attacks = any(config.detector(spec).needs_adversarial_examples for spec in config.detectors)
+    fitted = set(config.fit_attacks or config.attacks) if fit_on_attacks else set()  # NeuralFP fits on clean only
     summaries: list[AttackSummary] = []
     adv_sets: dict[tuple[str, str], AdversarialSet] = {}
-    splits = [("test", data.test, test_adv_idx)]
-    if any(config.detector(spec).needs_adversarial_examples for spec in config.detectors):
-        splits.insert(0, ("val", data.val, val_adv_idx))  # attack-agnostic detectors (NeuralFP) fit on clean only
     for spec in config.attacks:
-        for split_name, split, index in splits:
+        splits = [("val", data.val, sets.val_adv_index)] if spec in fitted else []
+        for split_name, split, index in [*splits, ("test", data.test, sets.test_adv_index)]:
             log(f"attack {spec} on {len(index)} {split_name} images")
             adv, seconds = cached_adversarial_set(
                 classifier, model_tag, spec, split, split_name, index, config.cache_dir, config.batch_size, progress
@@ -283,54 +280,54 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
             if not bool(adv.success.any()):
                 raise InputError(f"attack {spec} produced no successful adversarial example on the {split_name} split")
 
+    bench = _Bench(config, classifier, data.train, sets, adv_sets, log)
     groups = [[spec] for spec in config.attacks] if config.fit_attacks is None else [list(config.fit_attacks)]
     results: list[DetectionResult] = []
     for name in config.detectors:
         for fit_group in groups:
-            tested = config.attacks if config.fit_attacks is not None else fit_group
-            results += _fit_and_test(
-                config, classifier, name, fit_group, tested, data.train, val_clean, val_calib, test_clean, adv_sets, log
-            )
+            results += _fit_and_test(bench, name, fit_group, fit_group if config.fit_attacks is None else config.attacks)
     return EvalReport(config, clean_acc, str(model_dir), summaries, results)
 
 
-def _fit_and_test(
-    config: EvalConfig,
-    classifier: Classifier,
-    spec: str,
-    fit_group: list[str],
-    tested: list[str],
-    train: Split,
-    val_clean: Split,
-    val_calib: Split,
-    test_clean: Split,
-    adv_sets: dict[tuple[str, str], AdversarialSet],
-    log: Log,
-) -> list[DetectionResult]:
+@dataclass(frozen=True)
+class _Bench:
+    """What every detector of one evaluation is fit and tested with: the config, the model, its training split
+    (for detectors that need it), the protocol's image sets and the adversarial sets by (attack spec, split)."""
+
+    config: EvalConfig
+    classifier: Classifier
+    train: Split
+    sets: ProtocolSplits
+    adv_sets: dict[tuple[str, str], AdversarialSet]
+    log: Log
+
+
+def _fit_and_test(bench: _Bench, spec: str, fit_group: list[str], tested: list[str]) -> list[DetectionResult]:
     """Fit detector `spec` on validation clean + `fit_group` adversarial examples, set its threshold at 5% FPR on
-    the held-out clean images `val_calib`, and test it on every `tested` attack.
+    the held-out clean images `sets.val_calib`, and test it on every `tested` attack.
 
     A detector that cannot be fit on this data (an `InputError`, e.g. no fingerprint passes the selection rule)
     gives results with `error` set and no metrics, so one failure does not end a long evaluation.
     """
+    config, classifier, sets, adv_sets, log = bench.config, bench.classifier, bench.sets, bench.adv_sets, bench.log
     detector = config.detector(spec)
     if detector.needs_training_data:
-        detector.set_training_data(train.x, train.y)
+        detector.set_training_data(bench.train.x, bench.train.y)
     x_adv_fit = None
     if detector.needs_adversarial_examples:
         x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
-        log(f"fit {spec} on {len(val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
+        log(f"fit {spec} on {len(sets.val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
     else:
-        log(f"fit {spec} on {len(val_clean)} clean images (attack-agnostic)")
+        log(f"fit {spec} on {len(sets.val_clean)} clean images (attack-agnostic)")
     start = time.perf_counter()
     try:
-        detector.fit(classifier, val_clean.x, val_clean.y, x_adv_fit)
+        detector.fit(classifier, sets.val_clean.x, sets.val_clean.y, x_adv_fit)
     except InputError as exc:
         log(f"  {spec} could not be fit on {'+'.join(fit_group)}: {exc}")
         return [DetectionResult(spec, attack, fit_group, error=str(exc)) for attack in tested]
-    detector.calibrate(val_calib.x, fpr=0.05)
+    detector.calibrate(sets.val_calib.x, fpr=0.05)
     fit_seconds = time.perf_counter() - start
-    clean_scores = _scores(detector, test_clean.x)
+    clean_scores = _scores(detector, sets.test_clean.x)
     results = []
     for attack in tested:
         adv = adv_sets[attack, "test"]

@@ -165,12 +165,6 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
     async def bad_input(_: Request, exc: NeuroprintError) -> JSONResponse:
         return _error(400, str(exc))
 
-    @app.exception_handler(ValidationError)
-    async def invalid_body(_: Request, exc: ValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
-
     @app.exception_handler(PayloadTooLarge)
     async def too_large(_: Request, exc: PayloadTooLarge) -> JSONResponse:
         return _error(413, str(exc))
@@ -186,10 +180,11 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
             return _error(exc.status_code, f"{what} {request.method} {request.url.path[:80]}; see /docs for the API")
         return _error(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(ValidationError)
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(_: Request, exc: ValidationError | RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
         return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
