@@ -19,6 +19,7 @@ from common import emit, interleaved_medians
 
 from neuroprint.detectors.bank import BankDetector
 from neuroprint.detectors.fingerprint_selection import check_subset_width
+from neuroprint.features import extract
 from neuroprint.models import Classifier, build_model
 
 
@@ -38,7 +39,8 @@ def main() -> None:
     det = BankDetector(n_candidates=args.candidates, **(authors if args.authors_config else {}))  # type: ignore[arg-type]
     det.classifier_, det.layers_ = clf, det.feature_layers(clf)
     x = torch.rand(args.batch, 1, 28, 28)
-    widths = det.batched_activations(x[:2])[2]
+    probe = extract(clf, x[:2], det.layers_, det.pooling)
+    widths = [int(probe[n].shape[1]) for n in det.layers_]
     check_subset_width(det.d, det.subset, widths)
     total = sum(widths)
 

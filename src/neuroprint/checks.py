@@ -56,3 +56,15 @@ def check_seed(value: Any) -> int | None:
     if value is None:
         return None
     return check_int("random_state", value, minimum=0)
+
+
+def check_optional_cap(name: str, value: Any, integer: bool = False) -> Any:
+    """A cap that may be off: None or 0 -> None (0 for configs that cannot write None), else `value` if it is a
+    number >= 0 (an integer when `integer`), else `ConfigError`."""
+    if value is None:
+        return None
+    if integer:
+        check_int(name, value, 0)
+    else:
+        check_float(name, value, 0.0, math.inf, low_open=False)
+    return value or None

@@ -1,52 +1,30 @@
 """Randomized neural-fingerprint bank, after Fisher, Shahar, Resheff, "Neural Fingerprints for Adversarial Attack
-Detection" (arXiv 2411.04533), with additions of ours (whitening, the shift score, "stats" pooling and the output
-term, below).
+Detection" (arXiv 2411.04533), with additions of ours (whitening, the shift score, "stats" pooling, the output term).
 
 For every class c, many tiny random subsets of d neurons are sampled; a subset is a *fingerprint* when the mean
 activation over it separates clean inputs of class c from adversarial inputs attacked *to* c (Welch t-test
-p < `max_p` and |Cohen's d| >= `min_effect`). The best `bank_size` fingerprints by |d| form bank[c], each with the
-clean and adversarial mean and std of its value. At test time the model's predicted class c picks the bank, and
-`k` fingerprints are drawn from it **at random for every input**, so an attacker holding a copy of the model and
-detector cannot know which fingerprints a given query is checked against (the authors' idea; whether it helps
-against an adaptive attacker is measured in BENCHMARKS.md).
+p < `max_p` and |Cohen's d| >= `min_effect`; `fingerprint_selection`). The best `bank_size` by |d| form bank[c].
+At test time the predicted class picks the bank and `k` fingerprints are drawn from it **at random for every
+input**, so an attacker holding the model and the detector cannot know which fingerprints check a given query.
 
-Scores (`score_kind`, higher = more adversarial; formulas in `bank_scores`): "shift" (the default; ours) counts
-each drawn fingerprint's move away from its clean mean, fully in the direction the fit attack moved it and
-`back_weight` against it, capped at `z_cap` per fingerprint, so a weaker attack than the one fit on still scores
-high; "lr" (the authors' likelihood-ratio test), "anomaly" (clean negative log-likelihood) and "vote".
+- Scores (`score_kind`, higher = more adversarial; `bank_scores`): "shift" (default; ours), "lr" (the authors'
+  likelihood ratio), "anomaly", "vote". The output term (`output_term`, `output_cap`; ours) adds how atypical the
+  logits are for the predicted class: score = (S - a) / b + min((D - a') / b', output_cap), S the fingerprint
+  score per drawn fingerprint, D the output distance, (a, b) and (a', b') their clean fit mean and std.
+- `whiten` (default; ours): every layer is whitened with the within-class covariance of the clean fit activations
+  (`whitening`); `max_uses` keeps a bank whose neurons are each in fewer than `max_uses` fingerprints.
+- Draws (`sampling`): "seeded" (a generator seeded with `random_state` at every call: reproducible evaluation),
+  "secure" (seeded from the OS CSPRNG at every call: serving), "all" (every fingerprint: the authors' code),
+  "fixed" (the first `k` of each bank for every input: the ablation without randomisation).
 
-The output term (ours; `output_cap`, 5 by default; None or 0: off, the score above alone) adds what no fitted
-direction sees: how atypical the logits are for the predicted class c. With u(x) the logits whitened by the
-within-class covariance of the clean fit inputs and m_c their class-c mean,
-
-    D(x) = mean_i (u_i(x) - m_c,i)^2,   score(x) = (S(x) - a) / b + min((D(x) - a') / b', output_cap)
-
-where S is the fingerprint score above divided by the number of fingerprints drawn, and (a, b), (a', b') are the
-mean and std of S and D on the clean fit inputs. Minimal-perturbation attacks (CW, DeepFool, EAD) stop just past
-the decision boundary, so their logits are far from any class mean even when none of the fingerprints moved the
-way the fit attack (e.g. PGD, which lands deep inside the target class) moved them. The term uses only clean data,
-so it is attack-agnostic; the cap keeps a clean input with unusual logits (a hard digit) from outscoring an
-attacked one that the fingerprints flag.
-
-`whiten=True` (the default; ours, not in the paper) whitens every layer with the within-class covariance of the
-clean fit activations before fingerprints are sampled and scored (`whitening`), so the drawn fingerprints are far
-less correlated; `max_uses` keeps only fingerprints whose neurons are each used by fewer than `max_uses` kept ones
-(`fingerprint_selection.select_fingerprints`).
-
-Draws (`sampling`): "seeded" (a generator seeded with `random_state` at every `score` call: reproducible, the
-evaluation default), "secure" (a generator seeded from the operating system's CSPRNG at every call: for serving),
-"all" (every fingerprint of the bank: the authors' code) and "fixed" (the same first `k` fingerprints of each
-bank for every input: the ablation without randomisation). Scoring is one forward pass, one small matrix product
-per layer (whitening) and a gather over a `[batch, k, d]` index tensor, and is differentiable with respect to the
-input pixels.
-
-Defaults (every named feature layer, "stats" pooling, d = 3 from one layer, whitening, the shift score with
-z_cap = 3, k = 100, max_uses = 30, output_cap = 5) were chosen on validation splits (benchmarks/bank_selection.py);
-their measurements and the ablations behind them are in BENCHMARKS.md. The authors' complete configuration is
+Scoring is one forward pass, one small matrix product per layer and a gather over `[N, k, d]` indices, and is
+differentiable in the input pixels. The defaults were chosen on validation splits (benchmarks/bank_selection.py;
+measurements in BENCHMARKS.md). The authors' complete configuration is
 
     bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none,output_cap=none
 
-(`layers=authors`: the last 5 top-level modules with more than 1,000 parameters, `authors_default_layers`).
+The module holds the detector class only (fitting, drawing, scoring, persistence; ~350 lines, most of them the
+validated hyperparameters); its pure pieces live in the modules named above.
 
 Example:
     >>> det = BankDetector().fit(classifier, x_val, y_val, x_adv_val)
@@ -54,6 +32,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from collections.abc import Sequence
@@ -61,18 +40,20 @@ from typing import Any, Literal
 
 import torch
 
-from neuroprint.checks import check_bool, check_float, check_int, check_layers
+from neuroprint.checks import check_bool, check_float, check_int, check_layers, check_optional_cap
 from neuroprint.detectors.bank_scores import SCORE_FUNCTIONS, Drawn
-from neuroprint.detectors.base import Detector, resolve_layers
+from neuroprint.detectors.base import Detector, FeatureSpec, resolve_layers
 from neuroprint.detectors.fingerprint_selection import (
     check_subset_width,
+    class_banks,
     pad_banks,
     sample_subsets,
     select_fingerprints,
 )
+from neuroprint.detectors.output_term import fit_class_centres, output_distance
 from neuroprint.detectors.whitening import MAX_ZCA_WIDTH, whiten, within_class_whiteners
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.features import POOLINGS, Pooling, activations, extract
+from neuroprint.features import POOLINGS, Features, Pooling, activations, extract
 from neuroprint.models.classifier import Classifier
 from neuroprint.registry import DETECTORS
 
@@ -159,15 +140,8 @@ class BankDetector(Detector):
         check_float("back_weight", back_weight, 0.0, 1.0, low_open=False)
         check_float("shrinkage", shrinkage, 0.0, 1.0, low_open=False)
         check_bool("whiten", whiten)
-        if max_uses is not None:
-            check_int("max_uses", max_uses, 0)
-            max_uses = max_uses or None  # 0: no cap, like None (for configs that cannot write None)
-        if z_cap is not None:
-            check_float("z_cap", z_cap, 0.0, math.inf, low_open=False)
-            z_cap = z_cap or None  # 0: no cap, like None
-        if output_cap is not None:
-            check_float("output_cap", output_cap, 0.0, math.inf, low_open=False)
-            output_cap = output_cap or None  # 0: off, like None
+        max_uses = check_optional_cap("max_uses", max_uses, integer=True)
+        z_cap, output_cap = check_optional_cap("z_cap", z_cap), check_optional_cap("output_cap", output_cap)
         for pname, value, valid in (("score_kind", score_kind, SCORE_KINDS), ("sampling", sampling, SAMPLINGS),
                                     ("subset", subset, SUBSETS), ("pooling", pooling, POOLINGS)):
             if value not in valid:
@@ -199,11 +173,15 @@ class BankDetector(Detector):
         logits, acts = activations(self.classifier_, x, self.layers_, self.pooling)
         return logits, torch.cat([acts[n] for n in self.layers_], dim=1)
 
-    def batched_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Batched and gradient-free: logits `[N, K]`, concatenated activations `[N, D]`, neurons per layer."""
-        feats = extract(self.classifier_, x, self.layers_, self.pooling)
-        widths = [int(feats[n].shape[1]) for n in self.layers_]
-        return feats.logits, torch.cat([feats[n] for n in self.layers_], dim=1), widths
+    @property
+    def feature_spec(self) -> FeatureSpec | None:
+        """The layers (fitted, or as configured) pooled with `pooling`; None for the authors' layer rule before
+        fitting (which layers it picks depends on the classifier)."""
+        if getattr(self, "layers_", None) is not None:
+            return FeatureSpec(tuple(self.layers_), self.pooling)
+        if self.layers == [AUTHORS]:
+            return None
+        return FeatureSpec(None if self.layers is None else tuple(self.layers), self.pooling)
 
     def feature_layers(self, classifier: Classifier) -> list[str]:
         """The layers to read: the classifier's named feature layers (`layers` None), the authors' rule
@@ -219,14 +197,22 @@ class BankDetector(Detector):
         Clean images count for their label `y`; adversarial images for the class the model predicts on them.
         """
         x_adv = self._check_fit_inputs(classifier, x, y, x_adv)
+        layers = self.feature_layers(classifier)
+        clean, adv = (extract(classifier, images, layers, self.pooling) for images in (x, x_adv))
+        return self.fit_features(classifier, clean, y, adv)
+
+    def fit_features(self, classifier: Classifier, features: Features, y: torch.Tensor,
+                     features_adv: Features) -> BankDetector:
+        """`fit` on activations extracted as `feature_spec` says (clean with labels `y`, and adversarial)."""
         self.classifier_ = classifier
         self.layers_ = self.feature_layers(classifier)
-        logits, f_clean, widths = self.batched_activations(x)  # unknown layer names fail here
+        self._check_feature_pair(features, features_adv, tuple(self.layers_))
+        widths = [int(features[n].shape[1]) for n in self.layers_]
         check_subset_width(self.d, self.subset, widths)
-        logits_adv, f_adv, _ = self.batched_activations(x_adv)
-        self.fit_banks(f_clean, y.cpu(), f_adv, logits_adv.argmax(1), widths, classifier.num_classes)
+        f_clean, f_adv = (torch.cat([f[n] for n in self.layers_], dim=1) for f in (features, features_adv))
+        self.fit_banks(f_clean, y.cpu(), f_adv, features_adv.logits.argmax(1), widths, classifier.num_classes)
         if self.output_cap is not None:
-            self.fit_output_term(logits, f_clean, y.cpu())
+            self.fit_output_term(features.logits, f_clean, y.cpu())
         return self
 
     def fit_banks(self, f_clean: torch.Tensor, y: torch.Tensor, f_adv: torch.Tensor, adv_pred: torch.Tensor,
@@ -234,36 +220,20 @@ class BankDetector(Detector):
         """Whiten and build the banks from activations: clean `[N, D]` with labels `y` `[N]`, adversarial `[M, D]`
         with predicted classes `adv_pred` `[M]`; `widths` are the neurons per layer of the concatenation. A class
         with fewer than `min_adv` clean or adversarial inputs, or fewer than `k` passing fingerprints, uses a bank
-        built from all classes pooled (`fit_report_["fallback_classes"]`)."""
+        built from all classes pooled (`class_banks`; `fit_report_["fallback_classes"]`)."""
         self.whiteners_ = within_class_whiteners(f_clean, y, widths, n_classes, self.shrinkage) if self.whiten else ()
         f_clean, f_adv = whiten(f_clean, self.whiteners_), whiten(f_adv, self.whiteners_)
         generator = torch.Generator().manual_seed(self.random_state)
-        banks: list[dict[str, torch.Tensor]] = []
-        report: dict[str, Any] = {"classes": {}, "fallback_classes": [],
-                                  "sampled_layers": [n for n, w in zip(self.layers_, widths, strict=True)
+        report: dict[str, Any] = {"sampled_layers": [n for n, w in zip(self.layers_, widths, strict=True)
                                                      if self.subset == "concat" or w >= self.d],
                                   "whitening": {n: ("none" if not self.whiten else "zca" if w <= MAX_ZCA_WIDTH else
                                                     "per-neuron") for n, w in zip(self.layers_, widths, strict=True)}}
-        shared: dict[str, torch.Tensor] | None = None
-        for c in range(n_classes):
-            clean_c, adv_c = f_clean[y == c], f_adv[adv_pred == c]
-            bank = None
-            if len(clean_c) >= self.min_adv and len(adv_c) >= self.min_adv:
-                bank = self.build_bank(clean_c, adv_c, widths, generator)
-            if bank is None or len(bank["index"]) < self.k:
-                if shared is None:
-                    shared = self.build_bank(f_clean, f_adv, widths, generator)
-                    if len(shared["index"]) < self.k:
-                        raise InputError(
-                            f"only {len(shared['index'])} fingerprints pass the selection rule (p < {self.max_p}, "
-                            f"|d| >= {self.min_effect}) even with all classes pooled; need k={self.k}: lower k or "
-                            "relax max_p/min_effect, or fit on more adversarial examples"
-                        )
-                bank = shared
-                report["fallback_classes"].append(c)
-            banks.append(bank)
-            report["classes"][str(c)] = {"n_clean": len(clean_c), "n_adv": len(adv_c), "n_fingerprints":
-                                         len(bank["index"]), "fallback": c in report["fallback_classes"]}
+        build = functools.partial(self.build_bank, widths=widths, generator=generator)
+        banks, fallback = class_banks(f_clean, y, f_adv, adv_pred, n_classes, build, self.k, self.min_adv)
+        report["fallback_classes"] = fallback
+        report["classes"] = {str(c): {"n_clean": int((y == c).sum()), "n_adv": int((adv_pred == c).sum()),
+                                      "n_fingerprints": len(bank["index"]), "fallback": c in fallback}
+                             for c, bank in enumerate(banks)}
         self.set_banks(banks)
         self.fit_report_ = report
 
@@ -282,15 +252,10 @@ class BankDetector(Detector):
         self.mu_adv_, self.sd_adv_ = padded["mu_adv"], padded["sd_adv"]
 
     def fit_output_term(self, logits: torch.Tensor, f_clean: torch.Tensor, y: torch.Tensor) -> None:
-        """The output term's state from the clean fit inputs: logits `[N, K]`, activations `[N, D]`, labels `[N]`.
-
-        A class with fewer than `min_adv` clean inputs (a fallback class) is centred on the mean of all of them.
-        """
-        n_classes = len(self.bank_sizes_)
-        (self.output_whitener_,) = within_class_whiteners(logits, y, [logits.shape[1]], n_classes, self.shrinkage)
-        white = logits @ self.output_whitener_
-        self.output_means_ = torch.stack([white[y == c].mean(0) if int((y == c).sum()) >= self.min_adv
-                                          else white.mean(0) for c in range(n_classes)])
+        """The output term's state from the clean fit inputs: logits `[N, K]`, activations `[N, D]`, labels `[N]`
+        (`output_term.fit_class_centres`, then the clean mean and std of both terms for their normalisation)."""
+        self.output_whitener_, self.output_means_ = fit_class_centres(logits, y, len(self.bank_sizes_), self.min_adv,
+                                                                      self.shrinkage)
         pred = logits.argmax(1)
         values = (self.fingerprint_score(pred, f_clean, per_fingerprint=True), self.output_distance(logits, pred))
         self.output_norm_ = torch.tensor([s for v in values for s in (float(v.mean()), max(float(v.std()), 1e-6))])
@@ -317,6 +282,12 @@ class BankDetector(Detector):
         logits, feats = self.activations(x.to(self.classifier_.device))
         return self.score_activations(logits.cpu(), feats.cpu())
 
+    def score_features(self, features: Features) -> torch.Tensor:
+        """`score` from precomputed activations (`feature_spec`) and their logits; one call is one draw."""
+        self._check_fitted()
+        self._check_features(features, tuple(self.layers_), "features")
+        return self.score_activations(features.logits.cpu(), torch.cat([features[n] for n in self.layers_], dim=1).cpu())
+
     def score_activations(self, logits: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Score `[N]` from logits `[N, K]` and concatenated activations `feats` `[N, D]` (from `activations`): the
         fingerprint score, plus the output term when `output_cap` is on. Differentiable in both; one call is one
@@ -330,8 +301,8 @@ class BankDetector(Detector):
         return fingerprints + outlying.clamp(max=self.output_cap)
 
     def output_distance(self, logits: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        """D `[N]`: mean squared distance of the whitened logits `[N, K]` from their predicted class's clean mean."""
-        return ((logits @ self.output_whitener_ - self.output_means_[pred]) ** 2).mean(1)
+        """D `[N]` of logits `[N, K]` for predicted classes `pred` `[N]` (`output_term.output_distance`)."""
+        return output_distance(logits, pred, self.output_whitener_, self.output_means_)
 
     def fingerprint_score(self, pred: torch.Tensor, feats: torch.Tensor, per_fingerprint: bool = False) -> torch.Tensor:
         """The `score_kind` score `[N]` (`bank_scores`) of the fingerprints drawn for predicted classes `pred` `[N]`

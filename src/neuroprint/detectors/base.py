@@ -140,6 +140,11 @@ class Detector:
         if y.is_floating_point() or y.dtype == torch.bool:
             raise InputError(f"y must hold integer class labels, got dtype {y.dtype}")
 
+    def _check_feature_pair(self, features: Features, features_adv: Features, layers: tuple[str, ...]) -> None:
+        """`_check_features` on the clean and the adversarial activations `fit_features` was given."""
+        self._check_features(features, layers, "features")
+        self._check_features(features_adv, layers, "features_adv")
+
     def _check_features(self, features: Features, layers: tuple[str, ...], name: str) -> None:
         """Raise `InputError` unless `features` holds finite, non-empty `[N, D]` activations of every layer."""
         if not isinstance(features, Features):

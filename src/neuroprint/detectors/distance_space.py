@@ -145,8 +145,7 @@ class DistanceSpaceDetector(Detector):
     ) -> DistanceSpaceDetector:
         """`fit` on activations extracted as `feature_spec` says (`y` is not used)."""
         layers = resolve_layers(self.layers, classifier)
-        self._check_features(features, layers, "features")
-        self._check_features(features_adv, layers, "features_adv")
+        self._check_feature_pair(features, features_adv, layers)
         self._fit_pivots(classifier, layers)
         return self._fit_network(classifier, self._embed(features), self._embed(features_adv))
 

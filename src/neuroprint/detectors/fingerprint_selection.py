@@ -7,12 +7,14 @@ an input is the mean of those neurons.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from scipy import stats
 
 from neuroprint.detectors.whitening import VAR_FLOOR
-from neuroprint.errors import ConfigError
+from neuroprint.errors import ConfigError, InputError
 
 CHUNK = 2048  # candidates evaluated at once while selecting (bounds memory)
 BANK_FIELDS = ("index", "mu_clean", "sd_clean", "mu_adv", "sd_adv", "effect")
@@ -104,3 +106,30 @@ def pad_banks(banks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[
                                                           dtype=b[key].dtype)]) for b in banks])
 
     return sizes, {key: stack(key) for key in BANK_FIELDS}
+
+
+def class_banks(f_clean: torch.Tensor, y: torch.Tensor, f_adv: torch.Tensor, adv_pred: torch.Tensor, n_classes: int,
+                build: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]], k: int,
+                min_count: int) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    """One bank per class c, built by `build(clean_c, adv_c)` from the clean activations `f_clean` `[N, D]` of
+    label c (`y` `[N]`) and the adversarial ones `f_adv` `[M, D]` predicted as c (`adv_pred` `[M]`). A class with
+    fewer than `min_count` of either, or whose bank has fewer than `k` fingerprints, gets the bank built from all
+    classes pooled. Returns the banks and the classes that fell back; raises `InputError` when even the pooled
+    bank is smaller than `k`."""
+    banks: list[dict[str, torch.Tensor]] = []
+    fallback: list[int] = []
+    shared: dict[str, torch.Tensor] | None = None
+    for c in range(n_classes):
+        clean_c, adv_c = f_clean[y == c], f_adv[adv_pred == c]
+        bank = build(clean_c, adv_c) if len(clean_c) >= min_count and len(adv_c) >= min_count else None
+        if bank is None or len(bank["index"]) < k:
+            if shared is None:
+                shared = build(f_clean, f_adv)
+                if len(shared["index"]) < k:
+                    raise InputError(f"only {len(shared['index'])} fingerprints pass the selection rule even with "
+                                     f"all classes pooled; need k={k}: lower k or relax max_p/min_effect, or fit on "
+                                     "more adversarial examples")
+            bank = shared
+            fallback.append(c)
+        banks.append(bank)
+    return banks, fallback

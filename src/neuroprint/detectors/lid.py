@@ -128,8 +128,7 @@ class LIDDetector(Detector):
     ) -> LIDDetector:
         """`fit` on activations extracted as `feature_spec` says (`y` is not used)."""
         layers = resolve_layers(self.layers, classifier)
-        self._check_features(features, layers, "features")
-        self._check_features(features_adv, layers, "features_adv")
+        self._check_feature_pair(features, features_adv, layers)
         self._start_fit(classifier, len(features))
         self.reference_ = {layer: features[layer][self.reference_index_].float().clone() for layer in self.layers_}
         clean = self._lids(features, self._self_columns(len(features)))

@@ -133,8 +133,7 @@ class MahalanobisDetector(Detector):
         if self.feature_spec is None:
             raise ConfigError(f"noise_magnitudes must be [0.0] to fit mahalanobis on features, got {self.noise_magnitudes}")
         layers = resolve_layers(self.layers, classifier)
-        self._check_features(features, layers, "features")
-        self._check_features(features_adv, layers, "features_adv")
+        self._check_feature_pair(features, features_adv, layers)
         if not isinstance(y, torch.Tensor) or y.shape != (len(features),) or y.is_floating_point():
             raise InputError(f"y must be integer labels of shape [{len(features)}], got {getattr(y, 'shape', y)}")
         stats, head_clean, head_adv = self._split(len(features), len(features_adv))

@@ -26,6 +26,7 @@ import torch
 from neuroprint.checks import check_choice
 from neuroprint.detectors import Detector
 from neuroprint.errors import InputError
+from neuroprint.features import Features, pool
 from neuroprint.io import atomic_path, git_commit, read_json, versions, write_json
 from neuroprint.models.checkpoint import load_checkpoint
 from neuroprint.models.classifier import Classifier
@@ -138,10 +139,23 @@ class Guard:
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> GuardScores:
-        """Classify and score images `x` `[N, C, H, W]` (pixels in [0, 1]) with every detector."""
+        """Classify and score images `x` `[N, C, H, W]` (pixels in [0, 1]) with every detector.
+
+        One forward pass serves the classification and every detector that reads shared activations (its
+        `feature_spec`); a detector that reads the images themselves runs its own."""
         self.check_images(x)
-        logits = self.classifier(x)
-        scores = {key: det.score(x).detach().float().cpu() for key, det in self.detectors.items()}
+        specs = {key: det.feature_spec for key, det in self.detectors.items()}
+        layers = list(dict.fromkeys(layer for spec in specs.values() if spec is not None
+                                    for layer in (spec.layers or self.classifier.layers)))
+        logits, raw = self.classifier.layer_outputs(x, layers)
+        scores = {}
+        for key, det in self.detectors.items():
+            spec = specs[key]
+            if spec is None:
+                scores[key] = det.score(x).detach().float().cpu()
+            else:
+                pooled = {layer: pool(raw[layer], spec.pooling) for layer in spec.layers or self.classifier.layers}
+                scores[key] = det.score_features(Features(logits, pooled)).detach().float().cpu()
         flags = {key: scores[key] > det.threshold_ for key, det in self.detectors.items()}
         return GuardScores(logits.argmax(1).cpu(), logits.softmax(1).float().cpu(), scores, flags)
 

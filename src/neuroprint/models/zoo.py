@@ -27,43 +27,33 @@ def mnist_net(in_channels: int = 1, num_classes: int = 10, image_size: int = 28)
 
     Input `[N, in_channels, image_size, image_size]`; valid (unpadded) convolutions as in the reference code.
     """
-    side = ((image_size - 4) // 2 - 4) // 2
-    if side < 1:
-        raise ConfigError(f"image_size must be >= 14 for mnist-net, got {image_size}")
-    return nn.Sequential(
-        OrderedDict(
-            conv1=_conv_block(in_channels, 32),
-            conv2=_conv_block(32, 64),
-            pool1=nn.MaxPool2d(2),
-            conv3=_conv_block(64, 128),
-            conv4=_conv_block(128, 128),
-            pool2=nn.MaxPool2d(2),
-            flatten=nn.Flatten(),
-            fc1=_fc_block(128 * side * side, 256),
-            fc2=_fc_block(256, 256),
-            logits=nn.Linear(256, num_classes),
-        )
-    )
+    return _conv_pairs_net("mnist-net", in_channels, (32, 64, 128, 128), (256, 256), num_classes, image_size)
 
 
 @MODELS.register("cifar-net")
 def cifar_net(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Sequential:
     """NeuralFP Table 4 (the CIFAR model of Ma et al. 2018): 2 x conv64, pool, 2 x conv128, pool, FC 1024, 512."""
+    return _conv_pairs_net("cifar-net", in_channels, (64, 64, 128, 128), (1024, 512), num_classes, image_size)
+
+
+def _conv_pairs_net(name: str, in_channels: int, convs: tuple[int, int, int, int], fcs: tuple[int, int],
+                    num_classes: int, image_size: int) -> nn.Sequential:
+    """Two pairs of valid 3x3 conv blocks, each pair followed by a 2x2 max-pool, then two FC blocks and logits."""
     side = ((image_size - 4) // 2 - 4) // 2
     if side < 1:
-        raise ConfigError(f"image_size must be >= 14 for cifar-net, got {image_size}")
+        raise ConfigError(f"image_size must be >= 14 for {name}, got {image_size}")
     return nn.Sequential(
         OrderedDict(
-            conv1=_conv_block(in_channels, 64),
-            conv2=_conv_block(64, 64),
+            conv1=_conv_block(in_channels, convs[0]),
+            conv2=_conv_block(convs[0], convs[1]),
             pool1=nn.MaxPool2d(2),
-            conv3=_conv_block(64, 128),
-            conv4=_conv_block(128, 128),
+            conv3=_conv_block(convs[1], convs[2]),
+            conv4=_conv_block(convs[2], convs[3]),
             pool2=nn.MaxPool2d(2),
             flatten=nn.Flatten(),
-            fc1=_fc_block(128 * side * side, 1024),
-            fc2=_fc_block(1024, 512),
-            logits=nn.Linear(512, num_classes),
+            fc1=_fc_block(convs[3] * side * side, fcs[0]),
+            fc2=_fc_block(fcs[0], fcs[1]),
+            logits=nn.Linear(fcs[1], num_classes),
         )
     )
 
