@@ -1,6 +1,6 @@
 """Fingerprint-bank cost: scoring vs a plain forward pass, bank construction time, bank memory.
 
-Targets (issue 3): scoring <= 1.10x a forward pass of mnist-net (batch 256, ratio in one run); building banks for
+Targets: scoring <= 1.10x a forward pass of mnist-net (batch 256, ratio in one run); building banks for
 10 classes x 10,000 candidates in under 60 s on 2 cores. Weights and activations are random: cost does not
 depend on their values. The default `bank` (every layer, "stats" pooling, whitened, shift score, k = 100) is timed
 with its whitening matrices and output term (their fit is part of the build time); `--authors-config` times the

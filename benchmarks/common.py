@@ -70,7 +70,7 @@ def _rss_mib() -> float:
 
 
 def load_cached_attack(cache: Path, model_name: str, attack: str, split: str) -> AdversarialSet:
-    """The one adversarial set of `attack` on `split` that benchmarks/detection_mnist.py cached under `cache`."""
+    """The one adversarial set of `attack` on `split` that experiments/detection_mnist.py cached in `cache`."""
     (path,) = sorted((cache / "adv" / model_name).glob(f"{attack}-{split}-*.json"))
     return AdversarialSet.load(path.with_suffix(""))
 

@@ -1,7 +1,7 @@
 """NNIF influence: the fast exact last-layer path against the LiSSA full-network reference path (MNIST, mnist-net).
 
 Inputs: `--n-inputs` MNIST test images, half clean (correctly classified) and half PGD adversarial from the cached
-sets of benchmarks/detection_mnist.py; the influence of all 50,000 training points on each, every input labelled with
+sets of experiments.detection_mnist; the influence of all 50,000 training points on each, every input labelled with
 the model's prediction (NNIF, Cohen et al. 2020, arXiv 1909.06872).
 
 - fast path (`LastLayerInfluence`): fit (training forward pass, Hessian, Cholesky), then per input the influence of

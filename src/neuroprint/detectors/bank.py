@@ -18,8 +18,8 @@ input**, so an attacker holding the model and the detector cannot know which fin
   "fixed" (the first `k` of each bank for every input: the ablation without randomisation).
 
 Scoring is one forward pass, one small matrix product per layer and a gather over `[N, k, d]` indices, and is
-differentiable in the input pixels. The defaults were chosen on validation splits (benchmarks/bank_selection.py;
-measurements in BENCHMARKS.md). The authors' complete configuration is
+differentiable in the input pixels. The defaults were chosen on validation splits (experiments/bank_selection.py;
+measurements in docs/benchmarks/bank.md). The authors' complete configuration is
 
     bank:layers=authors,pooling=flatten,subset=concat,d=50,whiten=false,score_kind=lr,k=30,max_uses=none,output_cap=none
 

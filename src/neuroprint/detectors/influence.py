@@ -13,7 +13,7 @@ Two ways to compute it:
 - `lissa_influence` (the reference path): every parameter of the network, per-example gradients with torch.func,
   and the LiSSA stochastic inverse-Hessian-vector product (`lissa_inverse_hvp`, settings in `LissaConfig`; Agarwal
   et al. 2017) that the NNIF reference code uses. Slow: it exists to validate the fast path and to measure the
-  speed-up (benchmarks/nnif_speed.py, benchmarks/nnif_lissa_detection.py).
+  speed-up (benchmarks/nnif_speed.py, experiments/nnif_lissa_detection.py).
 """
 from __future__ import annotations
 

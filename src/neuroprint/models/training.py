@@ -74,7 +74,7 @@ def train(
     drawn from the config (unless the classifier already holds some) and attached to `classifier.fingerprints`.
     """
     fingerprints = _attach_fingerprints(classifier, config.fingerprint, train_split)
-    classifier.to(memory_format=torch.channels_last)  # ~1.3x faster CPU convolutions (BENCHMARKS.md, training)
+    classifier.to(memory_format=torch.channels_last)  # ~1.3x faster CPU convolutions (docs/benchmarks/speed.md, training)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam([p for p in classifier.parameters() if p.requires_grad], lr=config.lr)

@@ -19,7 +19,7 @@ optimum on MNIST sits at the original class (the references are pushed off it wh
 on 128 images at eps 0.25 with the sensitivity weights, 3.9% of the outputs were adversarial with the plain max and
 81% with the mask. With the paper's weights (alpha = beta = gamma = 1) at most 0.8% were adversarial (the surrogate
 agreement term holds x' at its label), so the experiment and CLI use the sensitivity weights (1, 0.1, 0.1).
-Reproduce with `benchmarks/ownership_cem_ablation.py`.
+Reproduce with `python -m experiments.ownership_cem_ablation`.
 """
 from __future__ import annotations
 

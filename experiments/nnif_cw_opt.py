@@ -1,13 +1,13 @@
 """NNIF under the paper's white-box attack CW-Opt (Cohen et al. 2020, arXiv 1909.06872, Sec. 6, Table 4), MNIST.
 
 The detector (default: NNIF on the embedding, as the paper attacks the penultimate layer) is fit exactly as in
-benchmarks/detection_mnist.py on the CW validation set (same seeded splits, cached adversarial sets); then
+experiments/detection_mnist.py on the CW validation set (same seeded splits, cached adversarial sets); then
 `--n` correctly classified test images are attacked with CW-Opt once per weight in `--betas` of its helpful-point
 term (1 = the paper's Eq. 2; 0 = plain CW with the same optimiser), and detection is reported as TPR at 5% FPR (the
 threshold flags 5% of the clean test images) and AUC, for the cached plain-CW test attacks of the same images and for
 every CW-Opt run that fooled the classifier at least once.
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nnif_cw_opt.py --n 200 --lr 0.05 --betas 0.0001 0.00001 0
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m experiments.nnif_cw_opt --n 200 --lr 0.05 --betas 0.0001 0.00001 0
 (about 2 minutes per beta on one CPU core, plus the fit)
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import emit, load_cached_attack, load_cached_model
 
+from experiments.common import emit, load_cached_attack, load_cached_model
 from neuroprint.adaptive.cw_opt import CWOpt
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
@@ -27,7 +27,8 @@ from neuroprint.evaluation.protocol import protocol_splits
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m experiments.nnif_cw_opt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=Path("runs/bench/detection/cache"))
     parser.add_argument("--detector", default="nnif:embedding_only=true")
     parser.add_argument("--n", type=int, default=200, help="test images attacked with CW-Opt")

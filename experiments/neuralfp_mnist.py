@@ -19,8 +19,8 @@ Training schedule: the reference code's MNIST run (2 epochs, batch 128, Adam 1e-
 the second epoch. `--per-step` directions per training step (default 2 of N, an unbiased estimate of L_fp) keeps a
 CPU run affordable; pass --per-step 0 to evaluate all N per step as the reference code does.
 
-Run: .venv/bin/python benchmarks/neuralfp_mnist.py --grid 10:0.006 --n 1000      (about 1.5 h on 2 CPU cores)
-     .venv/bin/python benchmarks/neuralfp_mnist.py --grid 5:0.003 5:0.006 5:0.01 10:0.003 ... 30:0.01 --per-step 0
+Run: .venv/bin/python -m experiments.neuralfp_mnist --grid 10:0.006 --n 1000      (about 1.5 h on 2 CPU cores)
+     .venv/bin/python -m experiments.neuralfp_mnist --grid 5:0.003 5:0.006 5:0.01 10:0.003 ... 30:0.01 --per-step 0
      (the reference grid; on 2 CPU cores a full-direction epoch takes ~15 min at N = 10 and ~45 min at N = 30)
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import emit, interleaved_medians
 
+from experiments.common import emit, interleaved_medians
 from neuroprint.adaptive.neuralfp_cw import AdaptiveCWNeuralFP
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
@@ -60,7 +60,8 @@ def schedule(fingerprint: FingerprintConfig | None, seed: int) -> TrainConfig:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m experiments.neuralfp_mnist", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", nargs="+", default=["10:0.006"], help="N:eps fingerprint settings")
     parser.add_argument("--per-step", type=int, default=2, help="directions per training step (0 = all N)")
     parser.add_argument("--directions", default="symmetric", choices=DIRECTIONS,

@@ -1,6 +1,6 @@
 """How the fingerprint bank's default was chosen: validation splits only, across several data draws.
 
-For every draw (a model and the adversarial sets that `benchmarks/detection_mnist.py` or `neuroprint evaluate`
+For every draw (a model and the adversarial sets that `experiments.detection_mnist` or `neuroprint evaluate`
 cached for it), the *validation* images are split `--splits` times at random, 70/30 by source image: the bank is
 fit on 70% of the clean images and on the PGD examples of 70% of the attacked sources, and scored on the other 30%
 (clean) against every other cached attack on the held-out sources ("unseen": fit on PGD only) and, fit on each of
@@ -8,7 +8,7 @@ fit on 70% of the clean images and on the PGD examples of 70% of the attacked so
 One JSON line per (spec, draw): the mean AUC over splits per cell, with versions and the git hash.
 
 Run (the caches of the seed-0 and seed-1 runs in BENCHMARKS.md; a few minutes per spec on one core):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bank_selection.py \\
+    OMP_NUM_THREADS=1 .venv/bin/python -m experiments.bank_selection \\
         --draw 0:runs/bench/bank4/cache --draw 1:runs/bench/bank-seed1/cache \\
         --specs bank "bank:pooling=avg,max_uses=100,z_cap=none"
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import emit, load_cached_attack, load_cached_model
 
+from experiments.common import emit, load_cached_attack, load_cached_model
 from neuroprint.attacks.adversarial_set import AdversarialSet
 from neuroprint.data import Split, load_dataset
 from neuroprint.detectors import make_detector
@@ -53,7 +53,8 @@ def held_out_auc(spec: str, classifier: Classifier, clean: Split, fit_clean: np.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m experiments.bank_selection", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--draw", action="append", type=parse_draw, required=True, help="SEED:CACHE_DIR (repeat)")
     parser.add_argument("--specs", nargs="+", default=["bank"])
     parser.add_argument("--fit-attack", default="pgd")

@@ -8,7 +8,7 @@ with the plain max over classes and with the source's original class excluded. P
 that are adversarial for the source, the share that also reach conferrability >= tau on the local models, their
 mean local conferrability, and the seconds taken. One JSON line per setting.
 
-Run: .venv/bin/python benchmarks/ownership_cem_ablation.py   (about 4 minutes on 2 cores)
+Run: .venv/bin/python -m experiments.ownership_cem_ablation   (about 4 minutes on 2 cores)
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import emit
 
+from experiments.common import emit
 from neuroprint.data import load_dataset
 from neuroprint.ownership.cem import CEMConfig, run_cem
 from neuroprint.ownership.conferrability import conferrability, predictions
@@ -27,7 +27,8 @@ from neuroprint.ownership.experiment import ModelCache, local_models, source_mod
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.ownership_cem_ablation",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--eps", type=float, default=0.25)
     parser.add_argument("--tau", type=float, default=0.9)

@@ -8,7 +8,7 @@ cached under `<out>/cache`, so later phases and re-runs only fit detectors):
             reuse, randomisation, the output term's cap; the previous defaults and the authors' setting last), fit
             on PGD, tested on all
 
-Run: .venv/bin/python benchmarks/detection_mnist.py --n 2000 --device cpu   (about an hour on 2 CPU cores;
+Run: .venv/bin/python -m experiments.detection_mnist --n 2000 --device cpu   (about an hour on 2 CPU cores;
 minutes on a GPU with --device cuda)
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ PHASES = ("main", "fit-pgd", "fit-fgsm", "bank-grid")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m experiments.detection_mnist", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="source images per split (half clean, half attacked)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)

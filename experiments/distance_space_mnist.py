@@ -6,9 +6,9 @@ column the macro-AUC (unweighted mean over the attacks), as in the paper's Table
 `<out>/cache` (point it at an existing cache to reuse attacks). Writes `<out>/table2.json`, `<out>/table2.md`.
 
 Run (about 20 minutes on 2 CPU cores with cached attacks):
-  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distance_space_mnist.py --n 2000 --out runs/bench/distance
+  OMP_NUM_THREADS=1 .venv/bin/python -m experiments.distance_space_mnist --n 2000 --out runs/bench/distance
 The L-BFGS column attacks images itself (about 1 s per MNIST image on one core), so it runs on fewer images:
-  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distance_space_mnist.py --n 500 \
+  OMP_NUM_THREADS=1 .venv/bin/python -m experiments.distance_space_mnist --n 500 \
       --attacks lbfgs fgsm bim-a bim-b pgd mifgsm --out runs/bench/distance/n500
 """
 from __future__ import annotations
@@ -77,7 +77,8 @@ def table2(report: EvalReport) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m experiments.distance_space_mnist", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="source images per split (half clean, half attacked)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,10 @@
 """NNIF detection with the fast last-layer influence vs the LiSSA full-network influence (MNIST, mnist-net).
 
-The issue's target: per-input detection time and peak memory of the two paths "on the same 200 inputs with 50,000
+The target: per-input detection time and peak memory of the two paths "on the same 200 inputs with 50,000
 training points: >= 100x faster, AUC within 1 point". Protocol, per attack in `--attacks`:
 - NNIF (all layers, M chosen by nested cross-validation over the reference grid) is fit on the validation split with
   the fast influence: `--n-fit` cached clean and adversarial validation images of the attack (the cache of
-  benchmarks/detection_mnist.py).
+  experiments/detection_mnist.py).
 - Test inputs: `--n-inputs` test images, half clean (correctly classified, not among the attacked sources) and half
   successful adversarial images of the attack. The clean half is the same for every attack.
 - Each input's M most helpful and M most harmful of all 50,000 training points come from either path; everything
@@ -18,7 +18,7 @@ training points: >= 100x faster, AUC within 1 point". Protocol, per attack in `-
 - LiSSA convergence: the relative residual ||(H_b + damping I) s - v|| / ||v|| on a fixed batch of 500 training
   points (H_b) for the first `--residual-inputs` inputs.
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nnif_lissa_detection.py   (about 35 minutes on one CPU core)
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m experiments.nnif_lissa_detection   (about 35 minutes on one core)
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import PeakRSS, emit, load_cached_attack, load_cached_model
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -36,6 +35,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from experiments.common import PeakRSS, emit, load_cached_attack, load_cached_model
 from neuroprint.data import load_dataset
 from neuroprint.detectors.influence import (
     LissaConfig,
@@ -61,7 +61,8 @@ def own_head_auc(features: torch.Tensor, is_adv: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m experiments.nnif_lissa_detection", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=Path("runs/bench/detection/cache"))
     parser.add_argument("--attacks", nargs="+", default=["cw", "pgd"])
     parser.add_argument("--n-inputs", type=int, default=200, help="test inputs per attack: half clean, half attacked")
