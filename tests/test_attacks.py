@@ -1,8 +1,9 @@
-"""Attacks: every registered attack on correctly classified digits, the torchattacks adapter, specs, bad input,
-adversarial sets on disk."""
+"""Attacks: every registered attack on correctly classified digits, the plain-torch L-inf attacks against
+torchattacks, the optional torchattacks adapter, specs, bad input, adversarial sets on disk."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from neuroprint.attacks import ATTACKS, AdversarialSet, AttackResult, build_adversarial_set, make_attack
 from neuroprint.attacks.base import Attack
 from neuroprint.attacks.foolbox_attacks import restore_failures
+from neuroprint.data import DataSplits
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.models import Classifier
 from neuroprint.specs import parse_spec
@@ -30,6 +32,7 @@ SPECS = {
 MIN_SUCCESS = {"fgsm": 0.5, "bim-a": 0.9, "bim-b": 0.9, "pgd": 0.9, "mifgsm": 0.9, "cw": 0.9, "deepfool": 0.9,
                "jsma": 0.7, "ead": 0.9, "lbfgs": 0.9}
 LINF = {"fgsm", "bim-a", "bim-b", "pgd", "mifgsm"}
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +169,47 @@ def test_batching_and_model_mode(tiny_classifier: Classifier, batch) -> None:  #
     assert torch.allclose(whole.x_adv, pieces.x_adv, atol=1e-6)
 
 
+# the named L-inf attacks with their defaults, and the torchattacks classes they replaced, at those settings
+TORCHATTACKS_TWINS = {
+    "fgsm": "torchattacks.FGSM:eps=0.3",
+    "bim-b": "torchattacks.BIM:eps=0.3,alpha=0.01,steps=50",
+    "pgd": "torchattacks.PGD:eps=0.3,alpha=0.01,steps=40,random_start=True",
+    "mifgsm": "torchattacks.MIFGSM:eps=0.3,alpha=0.01,steps=40,decay=1.0",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHATTACKS_TWINS))
+def test_linf_attacks_match_torchattacks(name: str, tiny_classifier: Classifier, batch: Batch) -> None:
+    pytest.importorskip("torchattacks")
+    x, y = batch
+    own = make_attack(name)(tiny_classifier, x, y)
+    reference = make_attack(TORCHATTACKS_TWINS[name])(tiny_classifier, x, y)  # same seed: the same PGD start
+    # bitwise equal for fgsm, pgd and mifgsm; torchattacks' BIM clips with min/max where bim-b adds a clamped
+    # delta: at most 1 ulp apart
+    torch.testing.assert_close(own.x_adv, reference.x_adv, rtol=0.0, atol=1e-6)
+    assert torch.equal(own.adv_pred, reference.adv_pred)
+
+
+def test_pgd_fools_every_digit_at_eps_03(tiny_classifier: Classifier, digits: DataSplits) -> None:
+    x, y = digits.test.x, digits.test.y
+    keep = tiny_classifier.predict(x) == y
+    result = make_attack("pgd:eps=0.3")(tiny_classifier, x[keep], y[keep])
+    assert result.success_rate == 1.0 and float(result.linf.max()) <= 0.3 + 1e-6
+
+
+def test_torchattacks_is_optional(
+    monkeypatch: pytest.MonkeyPatch, tiny_classifier: Classifier, batch: Batch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # any `import torchattacks` now raises ImportError
+    with pytest.raises(ConfigError, match=r"run `pip install --no-deps torchattacks==3\.5\.1`$"):
+        make_attack("torchattacks.PGD:eps=0.3")
+    x, y = batch
+    for name in ("fgsm", "bim-b:steps=5", "pgd:steps=5", "mifgsm:steps=5"):
+        assert make_attack(name)(tiny_classifier, x, y).success_rate > 0.0, name
+
+
 def test_torchattacks_adapter(tiny_classifier: Classifier, batch) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("torchattacks")
     x, y = batch
     attack = make_attack("torchattacks.PGD:eps=0.3,alpha=0.05,steps=10")
     assert attack.name == "torchattacks.PGD"
@@ -193,9 +236,10 @@ def test_foolbox_and_own_attacks_respect_other_bounds(tiny_classifier: Classifie
     x, y = batch
     wide = Classifier(tiny_classifier.module, bounds=(0.0, 2.0), mean=(tiny_classifier.mean * 2).flatten().tolist(),
                       std=(tiny_classifier.std * 2).flatten().tolist())
-    for spec in ("bim-a:eps=0.6,alpha=0.02", "deepfool:steps=10"):
+    for spec in ("bim-a:eps=0.6,alpha=0.02", "pgd:eps=0.6,alpha=0.06,steps=20", "deepfool:steps=10"):
         result = make_attack(spec)(wide, x * 2, y)
         assert float(result.x_adv.max()) <= 2.0 and result.success_rate >= 0.9, spec
+        assert "deepfool" in spec or float(result.linf.max()) <= 0.6 + 1e-6, spec
 
 
 def test_spec_parsing() -> None:

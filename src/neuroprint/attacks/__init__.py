@@ -1,9 +1,10 @@
 """Attacks: named evasion attacks (`ATTACKS`), any torchattacks class by name, and adversarial sets on disk.
 
-Named attacks: `fgsm`, `bim-a`, `bim-b`, `pgd`, `mifgsm` (L-inf, eps 0.3, step 0.01), `cw`, `deepfool` (L2),
-`ead` (elastic net), `jsma` (L0). Build one with `make_attack("pgd:eps=0.1,steps=20")` or
-`make_attack("torchattacks.APGD:eps=0.3,loss=ce")`; attack correctly classified images with
-`build_adversarial_set`.
+Named attacks: `fgsm`, `bim-a`, `bim-b`, `pgd`, `mifgsm` (L-inf, eps 0.3, step 0.01; plain torch), `cw`,
+`deepfool` (L2; foolbox), `ead` (elastic net; foolbox), `jsma` (L0), `lbfgs` (L2; scipy). Build one with
+`make_attack("pgd:eps=0.1,steps=20")`, or with the optional torchattacks package
+(`pip install --no-deps torchattacks==3.5.1`) `make_attack("torchattacks.APGD:eps=0.3,loss=ce")`; attack
+correctly classified images with `build_adversarial_set`.
 """
 from __future__ import annotations
 

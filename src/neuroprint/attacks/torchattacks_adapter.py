@@ -1,5 +1,8 @@
-"""Run torchattacks (Kim 2020, arXiv 2010.01950) on a `Classifier`, and the generic `torchattacks.<Class>` adapter.
+"""The generic `torchattacks.<Class>` attack: any class of torchattacks (Kim 2020, "Torchattacks: A PyTorch
+Repository for Adversarial Attacks", arXiv 2010.01950) on a `Classifier`.
 
+torchattacks is optional: it declares a torchvision dependency neuroprint does not need, so it is installed on
+its own with `pip install --no-deps torchattacks==3.5.1`. The named L-inf attacks (`linf.py`) do not use it.
 torchattacks assumes pixels in [0, 1] and hard-codes that range in its clipping, so these attacks refuse
 classifiers with other bounds instead of silently attacking the wrong box.
 """
@@ -15,25 +18,16 @@ from neuroprint.checks import check_seed
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
 
-
-def check_unit_bounds(classifier: Classifier, attack_name: str) -> None:
-    """Raise `ConfigError` unless `classifier.bounds` is (0, 1), the only range torchattacks supports."""
-    if tuple(classifier.bounds) != (0.0, 1.0):
-        raise ConfigError(
-            f"attack {attack_name!r} uses torchattacks, which assumes pixels in [0, 1]; "
-            f"the classifier's bounds are {list(classifier.bounds)}"
-        )
-
-
-def run_torchattacks(cls: type, classifier: Classifier, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """Instantiate torchattacks class `cls` on `classifier` with `kwargs` and attack one batch (untargeted)."""
-    return cls(classifier, **kwargs)(x, y)
+INSTALL = "pip install --no-deps torchattacks==3.5.1"
 
 
 def torchattacks_classes() -> dict[str, type]:
-    """The attack classes torchattacks exports, by class name."""
-    import torchattacks
-
+    """The attack classes torchattacks exports, by class name; a one-line `ConfigError` when it is missing."""
+    try:
+        import torchattacks
+    except ImportError:
+        message = f"torchattacks.<Class> attacks need the optional torchattacks package; run `{INSTALL}`"
+        raise ConfigError(message) from None
     return {
         name: obj
         for name, obj in vars(torchattacks).items()
@@ -83,7 +77,11 @@ class TorchattacksAttack(Attack):
         self._kwargs = kwargs
 
     def _check_classifier(self, classifier: Classifier) -> None:
-        check_unit_bounds(classifier, self.name)
+        if tuple(classifier.bounds) != (0.0, 1.0):
+            raise ConfigError(
+                f"attack {self.name!r} uses torchattacks, which assumes pixels in [0, 1]; "
+                f"the classifier's bounds are {list(classifier.bounds)}"
+            )
 
     def _perturb(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return run_torchattacks(self._cls, classifier, x, y, **self._kwargs)
+        return self._cls(classifier, **self._kwargs)(x, y)

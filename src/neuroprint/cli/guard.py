@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from neuroprint.cli.options import DataPath, dataset_options
 from neuroprint.errors import ConfigError, InputError
 
 
@@ -18,7 +19,7 @@ def fit(
     attack: Annotated[list[str] | None, typer.Option("--attack", "-a", help="attack to fit on (repeatable); default pgd")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="images to fit on (default: the "
                                                                           "checkpoint's dataset), e.g. folder or npz")] = None,
-    data_path: Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz")] = None,
+    data_path: DataPath = None,
     fpr: Annotated[float, typer.Option(help="share of clean images each detector may flag, in (0, 1)")] = 0.05,
     n_fit: Annotated[int, typer.Option(help="validation source images (half clean, half attacked)")] = 1000,
     n_test: Annotated[int, typer.Option(help="clean test images the reached FPR is measured on (0 = skip)")] = 1000,
@@ -28,7 +29,7 @@ def fit(
     from neuroprint.guard import GuardConfig, fit_guard
 
     config = GuardConfig(checkpoint=checkpoint, detectors=detector or ["bank"], attacks=attack or ["pgd"],
-                         dataset=dataset, dataset_options={} if data_path is None else {"path": data_path},
+                         dataset=dataset, dataset_options=dataset_options(data_path),
                          fpr=fpr, n_fit=n_fit, n_test=n_test, seed=seed)
     guard = fit_guard(config, log=lambda m: typer.echo(m, err=True))
     guard.save(out)

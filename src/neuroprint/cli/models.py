@@ -19,7 +19,8 @@ def list_registered() -> None:
     for title, reg in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS), ("detectors", DETECTORS),
                        ("adaptive attacks", ADAPTIVE_ATTACKS)):
         typer.echo(f"{title}: {', '.join(reg.available())}")
-    typer.echo("attacks also accept torchattacks.<Class>:key=value,... and name:key=value,...")
+    typer.echo("attacks also accept name:key=value,... and, with torchattacks installed, "
+               "torchattacks.<Class>:key=value,...")
 
 
 def train(

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from neuroprint.models.training import TrainConfig
 
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `neuroprint list`)")]
-DataPath = Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz")]
+DataPath = Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz, mnist (mnist.pkl.gz, "
+                                                                  "mnist.npz or a directory of the IDX files)")]
 Seed = Annotated[int, typer.Option(help="random seed (data order, sampling)")]
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
 Model = Annotated[str, typer.Option("--model", "-m", help="architecture to train/cache, or a checkpoint dir")]
