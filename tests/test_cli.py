@@ -86,6 +86,9 @@ def test_train_attack_evaluate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
         assert r["auc_ci95"][0] <= r["auc"] <= r["auc_ci95"][1]
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 0
     assert any((tmp_path / "cache" / "adv").rglob("*.safetensors"))
+    assert data["command"][1:3] == ["evaluate", "-d"]  # sys.argv, recorded for the report's provenance
+    html = tmp_path / "eval" / "report.html"  # beside the other outputs, from the JSON record wherever it went
+    assert f"report: {html}" in out and "<table" in html.read_text() and "neuroprint evaluate -d digits" in html.read_text()
 
 
 def test_robustness_reports_sr_per_attack_and_worst_case(
@@ -111,6 +114,7 @@ def test_robustness_reports_sr_per_attack_and_worst_case(
         assert attack["sr"] <= maha["worst_case"][attack["budget"]]
     assert maha["no_detector"]["linf:0.3"] >= 0.9  # the budget's attack success with no detector beside it
     assert (tmp_path / "rob" / "convergence.png").stat().st_size > 0
+    assert f"report: {tmp_path / 'rob' / 'report.html'}" in out and data["command"][1] == "robustness"
     cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "robustness").rglob("*.safetensors")}
     assert len(cached) == 4
     code, _, err = run(monkeypatch, capsys, *args)  # a rerun reuses every attack: no cache file is rewritten
@@ -133,7 +137,7 @@ def test_robustness_reports_sr_per_attack_and_worst_case(
         (["evaluate", "-d", "digits", "--detector", "lid", "-a", "pgd:eps=2"], "eps"),
         (["evaluate", "-d", "digits", "--detector", "lid", "-a", "fgsm", "--fit-attack", "pgd"], "fit attack"),
         (["attack", "-c", "/nonexistent/ck", "-a", "fgsm", "--out", "x"], "checkpoint directory"),
-        (["train", "-d", "mnist", "--data-path", "/tmp"], "unknown parameter(s) path for dataset 'mnist'"),
+        (["train", "-d", "mnist", "--data-path", "/tmp"], "/tmp lacks train-images-idx3-ubyte"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -209,3 +213,16 @@ def test_ownership_generate_cem_trains_local_models(monkeypatch: pytest.MonkeyPa
     assert "cem fingerprint of" in out and len(list((tmp_path / "c" / "models").iterdir())) == 4
     code, _, err = run(monkeypatch, capsys, *[a if a != "digits" else "mnist" for a in args])
     assert code == 2 and "trained on 'digits', not 'mnist'" in err
+
+
+@pytest.mark.slow
+def test_demo_writes_tables_and_one_report(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    """`neuroprint demo` wiring on real MNIST, scaled down (the full demo is timed in BENCHMARKS.md)."""
+    code, out, err = run(monkeypatch, capsys, "demo", "--n", "40", "--n-adaptive", "4", "--adaptive-steps", "3",
+                         "--out-dir", str(tmp_path / "demo"), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
+    assert "fit on pgd only" in out and "| bank | linf:0.3 |" in out and "short" in out
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert f"report: {tmp_path / 'demo' / 'report.html'}" in out
+    assert "Detection on mnist" in html and "Adaptive attacks on mnist" in html and "deepfool" in html

@@ -8,13 +8,9 @@ import torch
 
 from neuroprint.data import DataSplits
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.evaluation.protocol import (
-    EvalConfig,
-    cached_adversarial_set,
-    correct_clean,
-    draw_sources,
-    run_evaluation,
-)
+from neuroprint.evaluation import metrics
+from neuroprint.evaluation.protocol import N_EXAMPLES, EvalConfig, cached_adversarial_set, run_evaluation
+from neuroprint.evaluation.splits import correct_clean, draw_sources
 from neuroprint.models import Classifier
 from neuroprint.models.training import TrainConfig
 
@@ -74,3 +70,20 @@ def test_fit_attacks_only_are_run_on_the_validation_split(tmp_path: Path) -> Non
     ran = sorted((a.spec, a.split) for a in report.attacks)
     assert ran == [("fgsm", "test"), ("fgsm", "val"), ("pgd:eps=0.3,steps=5", "test")]  # no unread validation set
     assert [(r.attack, r.fit_attacks) for r in report.results] == [("fgsm", ["fgsm"]), ("pgd:eps=0.3,steps=5", ["fgsm"])]
+
+
+
+def test_results_keep_the_scores_their_metrics_came_from(guard_checkpoint: Path, tmp_path: Path) -> None:
+    config = EvalConfig(dataset="digits", model=str(guard_checkpoint), attacks=["fgsm"], detectors=["mahalanobis"],
+                        n_fit=240, n_test=120, cache_dir=tmp_path)
+    report = run_evaluation(config, progress=False, log=lambda _: None)
+    (result,) = report.results
+    assert result.error is None and len(result.clean_scores) == result.n_clean > 0
+    assert len(result.adv_scores) == result.n_adv > 0
+    assert metrics.auc(result.clean_scores, result.adv_scores) == pytest.approx(result.auc, abs=1e-4)
+    flagged = sum(s > result.threshold for s in result.adv_scores) / result.n_adv  # threshold set on validation
+    assert result.detection_accuracy == pytest.approx(
+        (sum(s <= result.threshold for s in result.clean_scores) / result.n_clean + flagged) / 2, abs=1e-3)
+    assert len(report.examples) == N_EXAMPLES and all(e.attack == "fgsm" for e in report.examples)
+    assert [e.source_index for e in report.examples] == sorted(e.source_index for e in report.examples)
+    assert len(result.example_scores["clean"]) == len(result.example_scores["adversarial"]) == N_EXAMPLES

@@ -1,16 +1,19 @@
-"""Tables, convergence curves and the JSON record of a `RobustnessReport` (written atomically)."""
+"""Tables, convergence curves and the JSON record of a `RobustnessReport` (written atomically), and the report
+back from its JSON."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from neuroprint.adaptive.robustness import RobustnessReport
-from neuroprint.evaluation.report import save_panels
+from neuroprint.adaptive.robustness import AttackOutcome, DetectorOutcome, RobustnessConfig, RobustnessReport
+from neuroprint.evaluation.report import from_fields, save_figure, tidy_panels
 from neuroprint.io import atomic_path, write_json
 
 
@@ -48,7 +51,7 @@ def _attacked(report: RobustnessReport) -> int:
     return next((a.n for o in report.outcomes for a in o.attacks), report.config.n_attack)
 
 
-def convergence_plot(report: RobustnessReport, path: str | Path) -> None:
+def convergence_figure(report: RobustnessReport) -> Figure:
     """One panel per (detector, budget): the share of images evading the attacker's view after each step, one
     line per attack; a curve that is still rising at the right edge says the attack needed more steps."""
     panels = [(o, b) for o in report.outcomes for b in o.worst_case]
@@ -62,7 +65,12 @@ def convergence_plot(report: RobustnessReport, path: str | Path) -> None:
         ax.title.set_fontsize(9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, loc="lower right")
-    save_panels(fig, len(panels), path, dpi=100)
+    return tidy_panels(fig, len(panels))
+
+
+def convergence_plot(report: RobustnessReport, path: str | Path) -> None:
+    """`convergence_figure` saved as PNG at `path`."""
+    save_figure(convergence_figure(report), path, dpi=100)
 
 
 def write_outputs(report: RobustnessReport, out_dir: str | Path, json_path: str | Path | None = None) -> dict[str, Path]:
@@ -75,3 +83,17 @@ def write_outputs(report: RobustnessReport, out_dir: str | Path, json_path: str 
     convergence_plot(report, paths["curves"])
     write_json(paths["json"], report.to_json())
     return paths
+
+
+def report_from_json(record: dict[str, Any]) -> RobustnessReport:
+    """The `RobustnessReport` of a record written by `RobustnessReport.to_json`. Fields this version does not
+    know are ignored; a missing field raises KeyError, a malformed one TypeError or ValueError."""
+    c = record["config"]
+    config = RobustnessConfig(detectors=c["detectors"], budgets=c["budgets"], attacks=c["attacks"],
+                              dataset=record["dataset"], model=record["model"]["name"], fit_attack=c["fit_attack"],
+                              n_fit=c["n_fit"], n_attack=c["n_attack"], steps=c["steps"], restarts=c["restarts"],
+                              eot=c["eot"], fpr=c["fpr"], seed=record["seed"])
+    outcomes = [from_fields(DetectorOutcome, {**o, "attacks": [from_fields(AttackOutcome, a) for a in o["attacks"]]})
+                for o in record["outcomes"]]
+    return RobustnessReport(config, record["model"]["clean_accuracy"], record["model"]["dir"], outcomes,
+                            record["seconds"], record.get("command"))

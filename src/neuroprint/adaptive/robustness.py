@@ -40,13 +40,8 @@ from neuroprint.data import Split, load_dataset
 from neuroprint.detectors import Detector
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.evaluation import metrics
-from neuroprint.evaluation.protocol import (
-    EvalConfig,
-    cached_adversarial_set,
-    correct_clean,
-    load_model,
-    protocol_splits,
-)
+from neuroprint.evaluation.protocol import EvalConfig, cached_adversarial_set, load_model
+from neuroprint.evaluation.splits import correct_clean, protocol_splits
 from neuroprint.io import git_commit, versions
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import TrainConfig, accuracy
@@ -171,19 +166,22 @@ class DetectorOutcome:
 
 @dataclass
 class RobustnessReport:
-    """Everything one `run_robustness` measured, with its configuration and the model's clean test accuracy."""
+    """Everything one `run_robustness` measured, with its configuration, the model's clean test accuracy and the
+    command line that asked for it (set by the CLI)."""
 
     config: RobustnessConfig
     clean_accuracy: float
     model_dir: str
     outcomes: list[DetectorOutcome]
     seconds: float
+    command: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The record: config, provenance (versions, git, seed), and every outcome."""
+        """The record: config, provenance (versions, git, seed, command), and every outcome."""
         c = self.config
         return {
             "kind": "robustness", "dataset": c.dataset, "seed": c.seed, "versions": versions(), "git": git_commit(),
+            "command": self.command,
             "config": {"detectors": c.detectors, "budgets": c.budgets, "attacks": c.attacks, "fit_attack": c.fit_attack,
                        "n_fit": c.n_fit, "n_attack": c.n_attack, "steps": c.steps, "restarts": c.restarts,
                        "eot": c.eot, "fpr": c.fpr, "train": asdict(c.train)},

@@ -1,5 +1,6 @@
 """The `neuroprint` command line, one module per command group: `models` (list, train, attack), `evaluation`
-(evaluate, robustness, demo), `guard` (fit, score, serve) and `ownership` (generate, verify, evaluate).
+(evaluate, robustness, demo), `report` (HTML from JSON records), `guard` (fit, score, serve) and `ownership`
+(generate, verify, evaluate).
 
 Every `NeuroprintError` (bad names, bad values, missing or corrupt files) becomes one line on stderr and exit code 2.
 """
@@ -9,14 +10,14 @@ import sys
 
 import typer
 
-from neuroprint.cli import evaluation, guard, models, ownership
+from neuroprint.cli import evaluation, guard, models, ownership, report
 from neuroprint.errors import NeuroprintError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Detect adversarial inputs with neural fingerprints; evaluate detectors honestly.")
 app.command("list")(models.list_registered)
 for command in (models.train, models.attack, evaluation.evaluate, evaluation.robustness, guard.fit, guard.score,
-                guard.serve, evaluation.demo):
+                guard.serve, evaluation.demo, report.report):
     app.command()(command)
 app.add_typer(ownership.ownership_app, name="ownership")
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from neuroprint.cli.report import html_report
 from neuroprint.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -146,7 +148,7 @@ def evaluate(
     compare_eps: Annotated[list[float] | None, typer.Option(help="also compare CEM with FGSM/PGD/CW at this eps "
                                                             "(repeatable)")] = None,
     seed: Seed = 0,
-    out_dir: Annotated[Path, typer.Option(help="where results.md, results.json and roc.png go")] = Path("runs/ownership"),
+    out_dir: Annotated[Path, typer.Option(help="where results.md, results.json, roc.png and report.html go")] = Path("runs/ownership"),
     cache_dir: CacheDir = Path("runs/cache/ownership"),
 ) -> None:
     """The full study: source, local models, CEM + IPGuard fingerprints, every removal attack, unseen references."""
@@ -166,6 +168,8 @@ def evaluate(
         compare_eps=compare_eps or [], rho=rho, seed=seed, cache_dir=cache_dir,
     )
     report = run_ownership(config, log=lambda m: typer.echo(m, err=True))
+    report.command = sys.argv
     paths = write_outputs(report, out_dir)
     typer.echo(markdown_table(report))
     typer.echo(f"\nfinished in {report.seconds:.0f} s; written: {', '.join(str(p) for p in paths.values())}")
+    html_report([paths["json"]], out_dir / "report.html")

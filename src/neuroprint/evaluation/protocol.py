@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,16 @@ from neuroprint.data import DataSplits, Split, load_dataset
 from neuroprint.detectors import DETECTORS, Detector, make_detector
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.evaluation import metrics
-from neuroprint.io import git_commit, versions
+from neuroprint.evaluation.examples import Example, pick_examples
+from neuroprint.evaluation.results import AttackSummary, DetectionResult, EvalReport
+from neuroprint.evaluation.splits import ProtocolSplits, protocol_splits
 from neuroprint.models.checkpoint import load_checkpoint, load_or_train
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import TrainConfig, accuracy
 from neuroprint.specs import parse_spec
 
 Log = Callable[[str], None]
+N_EXAMPLES = 6  # attacked test images per attack kept in the record for the report's example grid
 
 
 @dataclass
@@ -79,129 +82,6 @@ class EvalConfig:
         if name in DETECTORS and "random_state" in DETECTORS.parameters(name):
             params = {"random_state": self.seed, **params}
         return make_detector(name, **params)
-
-
-@dataclass
-class AttackSummary:
-    """One attack on one split: how often it succeeded and how large its perturbations were (pixel units)."""
-
-    name: str
-    spec: str
-    params: dict[str, Any]
-    split: str
-    n_attacked: int
-    n_success: int
-    success_rate: float
-    mean_l2: float
-    mean_linf: float
-    seconds: float
-
-
-@dataclass
-class DetectionResult:
-    """Metrics of one detector on one test attack (AUC, TPR and FPR as fractions in [0, 1]); `auc_ci95` is the
-    AUC's 95% bootstrap interval over the test images (`metrics.auc_interval`).
-
-    When the detector could not be fit, `error` says why and the metrics are None.
-    """
-
-    detector: str
-    attack: str
-    fit_attacks: list[str]
-    auc: float | None = None
-    auc_ci95: tuple[float, float] | None = None
-    tpr_at_fpr05: float | None = None
-    fpr_at_tpr95: float | None = None
-    fpr_at_tpr99: float | None = None
-    detection_accuracy: float | None = None
-    n_clean: int = 0
-    n_adv: int = 0
-    fit_seconds: float | None = None
-    score_seconds_per_image: float | None = None
-    error: str | None = None
-    roc: tuple[list[float], list[float]] = field(repr=False, default=([], []))
-
-
-@dataclass
-class EvalReport:
-    """Everything one `run_evaluation` measured: the model's clean accuracy, attack summaries (val and test), results."""
-
-    config: EvalConfig
-    clean_accuracy: float
-    model_dir: str
-    attacks: list[AttackSummary]
-    results: list[DetectionResult]
-
-    def to_json(self) -> dict[str, Any]:
-        """The machine-readable record: dataset, seed, versions, git, model, attacks[], results[]."""
-        test_attacks = [a for a in self.attacks if a.split == "test"]
-        val = {a.spec: a for a in self.attacks if a.split == "val"}
-        return {
-            "dataset": self.config.dataset,
-            "seed": self.config.seed,
-            "versions": versions(),
-            "git": git_commit(),
-            "config": {
-                "n_fit": self.config.n_fit,
-                "n_test": self.config.n_test,
-                "fit_attacks": self.config.fit_attacks,
-                "train": asdict(self.config.train),
-            },
-            "model": {"name": self.config.model, "dir": self.model_dir, "clean_accuracy": self.clean_accuracy},
-            "attacks": [
-                {**asdict(a), "val": asdict(val[a.spec]) if a.spec in val else None} for a in test_attacks
-            ],
-            "results": [{k: v for k, v in r.__dict__.items() if k != "roc"} for r in self.results],
-        }
-
-
-def draw_sources(n_available: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded draw of `n` source indices cut into two disjoint halves: (clean half, attacked half)."""
-    if n_available < 4:
-        raise InputError(f"the split has only {n_available} images; need at least 4")
-    n = min(n, n_available)
-    perm = torch.randperm(n_available, generator=torch.Generator().manual_seed(seed))[:n]
-    return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
-
-
-@dataclass
-class ProtocolSplits:
-    """The protocol's disjoint image sets (module docstring): clean validation images to fit on (`val_clean`) and
-    to set thresholds on (`val_calib`, a quarter held out from fitting), the validation sources to attack for
-    fitting (`val_adv_index`), correctly classified clean test images (`test_clean`) and the test sources to
-    attack (`test_adv_index`)."""
-
-    val_clean: Split
-    val_calib: Split
-    val_adv_index: torch.Tensor
-    test_clean: Split
-    test_adv_index: torch.Tensor
-
-
-def protocol_splits(classifier: Classifier, data: DataSplits, n_fit: int, n_test: int, seed: int) -> ProtocolSplits:
-    """Seeded draw of the protocol's image sets: `n_fit` validation and `n_test` test sources, each cut in two
-    disjoint halves (clean, attacked); only correctly classified clean images are kept."""
-    val_clean, val_calib, val_adv_idx = fit_splits(classifier, data.val, n_fit, seed)
-    test_clean_idx, test_adv_idx = draw_sources(len(data.test), n_test, seed + 1)
-    return ProtocolSplits(val_clean, val_calib, val_adv_idx, correct_clean(classifier, data.test, test_clean_idx),
-                          test_adv_idx)
-
-
-def fit_splits(classifier: Classifier, val: Split, n_fit: int, seed: int) -> tuple[Split, Split, torch.Tensor]:
-    """Seeded draw of `n_fit` sources from `val`, cut in two disjoint halves: the correctly classified clean half,
-    split into images to fit on and a quarter held out to set thresholds on, and the indices of the half to attack.
-    Returns (fit clean, calibration clean, attack index)."""
-    val_clean_idx, val_adv_idx = draw_sources(len(val), n_fit, seed)
-    val_clean = correct_clean(classifier, val, val_clean_idx)
-    calib_mask = torch.rand(len(val_clean), generator=torch.Generator().manual_seed(seed + 2)) < 0.25
-    return val_clean.subset(~calib_mask), val_clean.subset(calib_mask), val_adv_idx
-
-
-def correct_clean(classifier: Classifier, split: Split, index: torch.Tensor) -> Split:
-    """The images at `index` that `classifier` labels correctly."""
-    sub = split.subset(index)
-    keep = classifier.predict(sub.x) == sub.y
-    return sub.subset(keep.nonzero().flatten())
 
 
 def cached_adversarial_set(
@@ -268,6 +148,8 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
     fitted = set(config.fit_attacks or config.attacks) if fit_on_attacks else set()  # NeuralFP fits on clean only
     summaries: list[AttackSummary] = []
     adv_sets: dict[tuple[str, str], AdversarialSet] = {}
+    examples: list[Example] = []
+    example_images: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for spec in config.attacks:
         splits = [("val", data.val, sets.val_adv_index)] if spec in fitted else []
         for split_name, split, index in [*splits, ("test", data.test, sets.test_adv_index)]:
@@ -279,26 +161,31 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
             summaries.append(_summary(spec, adv, split_name, seconds))
             if not bool(adv.success.any()):
                 raise InputError(f"attack {spec} produced no successful adversarial example on the {split_name} split")
+        chosen, x_clean, x_adv = pick_examples(spec, adv_sets[spec, "test"], data.test, N_EXAMPLES, classifier.bounds)
+        examples += chosen
+        example_images[spec] = (x_clean, x_adv)
 
-    bench = _Bench(config, classifier, data.train, sets, adv_sets, log)
+    bench = _Bench(config, classifier, data.train, sets, adv_sets, example_images, log)
     groups = [[spec] for spec in config.attacks] if config.fit_attacks is None else [list(config.fit_attacks)]
     results: list[DetectionResult] = []
     for name in config.detectors:
         for fit_group in groups:
             results += _fit_and_test(bench, name, fit_group, fit_group if config.fit_attacks is None else config.attacks)
-    return EvalReport(config, clean_acc, str(model_dir), summaries, results)
+    return EvalReport(config, clean_acc, str(model_dir), summaries, results, examples)
 
 
 @dataclass(frozen=True)
 class _Bench:
     """What every detector of one evaluation is fit and tested with: the config, the model, its training split
-    (for detectors that need it), the protocol's image sets and the adversarial sets by (attack spec, split)."""
+    (for detectors that need it), the protocol's image sets, the adversarial sets by (attack spec, split) and the
+    example images (clean sources, adversarial) by attack spec."""
 
     config: EvalConfig
     classifier: Classifier
     train: Split
     sets: ProtocolSplits
     adv_sets: dict[tuple[str, str], AdversarialSet]
+    example_images: dict[str, tuple[torch.Tensor, torch.Tensor]]
     log: Log
 
 
@@ -336,6 +223,7 @@ def _fit_and_test(bench: _Bench, spec: str, fit_group: list[str], tested: list[s
         adv_scores = _scores(detector, x_adv)
         per_image = (time.perf_counter() - start) / len(x_adv)
         fprs, tprs = metrics.roc(clean_scores, adv_scores)
+        example_clean, example_adv = bench.example_images[attack]
         low, high = auc_ci95 = metrics.auc_interval(clean_scores, adv_scores)
         results.append(
             DetectionResult(
@@ -352,12 +240,22 @@ def _fit_and_test(bench: _Bench, spec: str, fit_group: list[str], tested: list[s
                 n_adv=len(adv_scores),
                 fit_seconds=fit_seconds,
                 score_seconds_per_image=per_image,
+                threshold=detector.threshold_,
+                clean_scores=rounded(clean_scores),
+                adv_scores=rounded(adv_scores),
+                example_scores={"clean": rounded(_scores(detector, example_clean)),
+                                "adversarial": rounded(_scores(detector, example_adv))},
                 roc=(fprs.tolist(), tprs.tolist()),
             )
         )
         log(f"  {spec} vs {attack}: AUC {results[-1].auc:.4f} (95% CI {low:.4f}-{high:.4f}), "
             f"TPR@5%FPR {results[-1].tpr_at_fpr05:.4f}")
     return results
+
+
+def rounded(values: np.ndarray, digits: int = 6) -> list[float]:
+    """`values` as a list of floats rounded to `digits` significant digits (what the JSON record stores)."""
+    return [float(f"{v:.{digits}g}") for v in values.tolist()]
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from neuroprint.checks import check_choice, check_float, check_int
 from neuroprint.data import DataSplits, load_dataset
 from neuroprint.detectors import DETECTORS, Detector, make_detector
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.evaluation.protocol import correct_clean, draw_sources, fit_splits
+from neuroprint.evaluation.splits import correct_clean, draw_sources, fit_splits
 from neuroprint.guard.guard import DRAWS, Draws, Guard, checkpoint_digest, set_draws
 from neuroprint.models.checkpoint import load_checkpoint
 from neuroprint.models.classifier import Classifier

@@ -127,6 +127,9 @@ class SuspectResult:
 
 @dataclass
 class OwnershipReport:
+    """Everything one `run_ownership` measured, its provenance and the command line that asked for it (set by the
+    CLI)."""
+
     config: OwnershipConfig
     source_accuracy: float
     fingerprints: dict[str, dict[str, Any]]
@@ -135,11 +138,11 @@ class OwnershipReport:
     conferrability: list[dict[str, Any]]
     seconds: float
     provenance: dict[str, Any] = field(default_factory=lambda: {"versions": versions(), "git": git_commit()})
+    command: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["config"] = self.config.to_dict()
-        return out
+        """The record: kind, every field above, and the configuration as plain JSON."""
+        return {"kind": "ownership", **asdict(self), "config": self.config.to_dict()}
 
 
 def split_owner_data(data: DataSplits, seed: int, attacker_val: float = 0.08) -> tuple[DataSplits, DataSplits]:

@@ -1,17 +1,30 @@
-"""Tables, ROC plot and JSON of an ownership experiment (`OwnershipReport`), written atomically."""
+"""Tables, ROC plot and JSON of an ownership experiment (`OwnershipReport`), written atomically, and the report
+back from its JSON."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from neuroprint.evaluation.report import from_fields, save_figure
 from neuroprint.io import atomic_path, write_json
-from neuroprint.ownership.experiment import OwnershipReport, auc_against_references, counted, family_auc
+from neuroprint.ownership.cem import CEMConfig
+from neuroprint.ownership.experiment import (
+    OwnershipConfig,
+    OwnershipReport,
+    SuspectResult,
+    auc_against_references,
+    counted,
+    family_auc,
+)
+from neuroprint.ownership.ipguard import IPGuardConfig
 
 METHOD_NAMES = {"cem": "CEM (conferrable)", "ipguard": "IPGuard"}
 
@@ -70,7 +83,7 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def roc_plot(report: OwnershipReport, path: str | Path) -> None:
+def roc_figure(report: OwnershipReport) -> Figure:
     """ROC curves of CAEAcc (counted surrogates positive, references negative), one per fingerprint method."""
     fig, ax = plt.subplots(figsize=(4.5, 4))
     kept = counted(report.suspects)
@@ -82,11 +95,15 @@ def roc_plot(report: OwnershipReport, path: str | Path) -> None:
         ax.plot(fpr, tpr, label=f"{METHOD_NAMES.get(method, method)} (AUC {auc:.2f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
     ax.set(title="surrogate vs reference", xlabel="false positive rate", ylabel="true positive rate")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def roc_plot(report: OwnershipReport, path: str | Path) -> None:
+    """`roc_figure` saved as PNG at `path`."""
+    save_figure(roc_figure(report), path, dpi=120)
 
 
 def write_outputs(report: OwnershipReport, out_dir: str | Path) -> dict[str, Path]:
@@ -98,3 +115,15 @@ def write_outputs(report: OwnershipReport, out_dir: str | Path) -> dict[str, Pat
     write_json(paths["json"], report.to_json())
     roc_plot(report, paths["roc"])
     return paths
+
+
+def report_from_json(record: dict[str, Any]) -> OwnershipReport:
+    """The `OwnershipReport` of a record written by `OwnershipReport.to_json`. Fields this version does not know
+    are ignored; a missing field raises KeyError, a malformed one TypeError or ValueError."""
+    c = record["config"]
+    config = from_fields(OwnershipConfig, {**c, "cem": from_fields(CEMConfig, c["cem"]),
+                                           "ipguard": from_fields(IPGuardConfig, c["ipguard"]),
+                                           "cache_dir": Path(c["cache_dir"])})
+    return OwnershipReport(config, record["source_accuracy"], record["fingerprints"],
+                           [from_fields(SuspectResult, s) for s in record["suspects"]], record["auc"],
+                           record["conferrability"], record["seconds"], record["provenance"], record.get("command"))
