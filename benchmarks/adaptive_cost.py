@@ -20,7 +20,8 @@ from common import emit
 from neuroprint.adaptive import detector_view, make_adaptive_attack
 from neuroprint.adaptive.robustness import RobustnessConfig
 from neuroprint.data import load_dataset
-from neuroprint.evaluation.protocol import cached_adversarial_set, correct_clean, load_model, protocol_splits
+from neuroprint.evaluation.protocol import cached_adversarial_set, load_model
+from neuroprint.evaluation.splits import correct_clean, protocol_splits
 
 DETECTORS = ["bank:sampling=secure", "mahalanobis", "lid", "kdbu", "distance-space", "binary-activation", "dknn", "nnif"]
 

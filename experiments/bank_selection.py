@@ -25,7 +25,7 @@ from neuroprint.attacks.adversarial_set import AdversarialSet
 from neuroprint.data import Split, load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics
-from neuroprint.evaluation.protocol import correct_clean, draw_sources
+from neuroprint.evaluation.splits import correct_clean, draw_sources
 from neuroprint.models.classifier import Classifier
 
 

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuroprint.evaluation.protocol import EvalConfig, EvalReport, run_evaluation
+from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
 from neuroprint.evaluation.report import write_outputs
+from neuroprint.evaluation.results import EvalReport
 from neuroprint.specs import parse_spec
 
 ATTACKS = ["fgsm", "bim-a", "bim-b", "pgd", "mifgsm", "cw", "deepfool", "jsma", "ead"]

@@ -39,14 +39,9 @@ from neuroprint.adaptive.neuralfp_cw import AdaptiveCWNeuralFP
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics
-from neuroprint.evaluation.protocol import (
-    EvalConfig,
-    cached_adversarial_set,
-    correct_clean,
-    draw_sources,
-    run_evaluation,
-)
+from neuroprint.evaluation.protocol import EvalConfig, cached_adversarial_set, run_evaluation
 from neuroprint.evaluation.report import markdown_table
+from neuroprint.evaluation.splits import correct_clean, draw_sources
 from neuroprint.models.checkpoint import load_or_train
 from neuroprint.models.fingerprints import DIRECTIONS, FingerprintConfig, perturbed_inputs
 from neuroprint.models.training import TrainConfig

@@ -23,7 +23,7 @@ from neuroprint.adaptive.cw_opt import CWOpt
 from neuroprint.data import load_dataset
 from neuroprint.detectors import make_detector
 from neuroprint.evaluation import metrics
-from neuroprint.evaluation.protocol import protocol_splits
+from neuroprint.evaluation.splits import protocol_splits
 
 
 def main() -> None:
