@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -29,6 +30,17 @@ from neuroprint.cli.report import html_report
 DEMO_ATTACKS = ["pgd", "fgsm", "bim-a", "deepfool:candidates=2"]
 DEMO_DETECTORS = ["bank", "lid", "mahalanobis"]
 
+
+
+def publish(report: Any, write: Callable[..., dict[str, Path]], table: Callable[[Any], str], out_dir: Path,
+            json_path: Path | None) -> None:
+    """Record the command line in `report`, write its outputs (`write`) and report.html into `out_dir`, and print
+    its table (`table`) and the paths written."""
+    report.command = sys.argv
+    paths = write(report, out_dir, json_path)
+    typer.echo(table(report))
+    typer.echo(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+    html_report([paths["json"]], out_dir / "report.html")
 
 def evaluate(
     detector: Annotated[list[str], typer.Option("--detector", help="detector name (repeatable)")],
@@ -55,12 +67,7 @@ def evaluate(
         detectors=detector, fit_attacks=fit_attack or None, n_fit=n_fit, n_test=n_test, seed=seed,
         cache_dir=cache_dir, device=device,
     )
-    report = run_evaluation(config, log=echo)
-    report.command = sys.argv
-    paths = write_outputs(report, out_dir, json_path)
-    typer.echo(markdown_table(report))
-    typer.echo(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
-    html_report([paths["json"]], out_dir / "report.html")
+    publish(run_evaluation(config, log=echo), write_outputs, markdown_table, out_dir, json_path)
 
 
 def robustness(
@@ -98,12 +105,7 @@ def robustness(
         n_fit=n_fit, n_attack=n_attack, steps=steps, restarts=restarts, eot=eot, fpr=fpr, seed=seed,
         cache_dir=cache_dir, device=device,
     )
-    report = run_robustness(config, log=echo)
-    report.command = sys.argv
-    paths = write_outputs(report, out_dir, json_path)
-    typer.echo(markdown_table(report))
-    typer.echo(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
-    html_report([paths["json"]], out_dir / "report.html")
+    publish(run_robustness(config, log=echo), write_outputs, markdown_table, out_dir, json_path)
 
 
 def demo(
