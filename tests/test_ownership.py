@@ -32,9 +32,7 @@ from neuroprint.ownership import (
 from neuroprint.ownership.experiment import (
     ATTACKER_SEED,
     OwnershipConfig,
-    SuspectResult,
     attacker_removal,
-    auc_against_references,
     run_ownership,
     split_owner_data,
 )
@@ -42,6 +40,7 @@ from neuroprint.ownership.fingerprint import select_balanced
 from neuroprint.ownership.ipguard import ipguard_loss
 from neuroprint.ownership.removal import source_labels
 from neuroprint.ownership.report import markdown_table, write_outputs
+from neuroprint.ownership.scoring import SuspectResult, auc_against_references
 
 
 def _small(digits: DataSplits, seed: int, labels_from: Classifier | None = None) -> Classifier:

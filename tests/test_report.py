@@ -25,7 +25,8 @@ from neuroprint.errors import InputError
 from neuroprint.evaluation import report as evaluation_report
 from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
 from neuroprint.ownership import report as ownership_report
-from neuroprint.ownership.experiment import OwnershipConfig, OwnershipReport, SuspectResult
+from neuroprint.ownership.experiment import OwnershipConfig, OwnershipReport
+from neuroprint.ownership.scoring import SuspectResult
 from neuroprint.report.build import record_kind, record_part, report_html, write_report
 from neuroprint.report.html import markdown_html
 

@@ -22,9 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from neuroprint.attacks import make_attack
@@ -42,6 +40,7 @@ from neuroprint.ownership.fingerprint import Fingerprint
 from neuroprint.ownership.generate import generate_cem_fingerprint
 from neuroprint.ownership.ipguard import IPGuardConfig, generate_ipguard_fingerprint
 from neuroprint.ownership.removal import REMOVALS, Removal, make_removal, source_labels, train_from_scratch
+from neuroprint.ownership.scoring import FROM_SCRATCH, SuspectResult, suspects_auc
 from neuroprint.ownership.verify import LocalSuspect, cae_accuracy
 from neuroprint.registry import MODELS
 from neuroprint.specs import parse_spec
@@ -58,11 +57,6 @@ DEFAULT_REFERENCES = ("lenet5",) * 8 + ("mnist-net",) * 2
 # Model seeds are 1000 * config.seed + an offset per role, so no two models share initial weights or data order:
 # source +0, local surrogates +1.., local references +101.., unseen references +201.., removal attacks +301...
 LOCAL_SURROGATE_SEED, LOCAL_REFERENCE_SEED, REFERENCE_SEED, ATTACKER_SEED = 1, 101, 201, 301
-FROM_SCRATCH = ("retrain", "ground-truth")  # removals whose surrogates are trained from scratch on source labels
-FAMILIES = {"modification": ("ftll", "ftal", "rtll", "rtal", "prune"), "extraction": FROM_SCRATCH,
-            "adversarial training": ("adv-train",)}
-
-
 @dataclass
 class OwnershipConfig:
     """Everything that decides an ownership experiment (recorded with its results)."""
@@ -110,19 +104,6 @@ class OwnershipConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "cache_dir": str(self.cache_dir)}
-
-
-@dataclass
-class SuspectResult:
-    """One unseen suspect: surrogate (a removal attack's output) or reference, with accuracy and CAEAcc per method."""
-
-    name: str
-    kind: str  # "surrogate" or "reference"
-    attack: str  # the removal attack's registry name ("" for references)
-    test_accuracy: float
-    counts: bool  # within max_accuracy_drop of the source's accuracy (a model that lost it removes nothing)
-    cae_acc: dict[str, float]
-    seconds: float
 
 
 @dataclass
@@ -221,11 +202,6 @@ def source_model(defender: DataSplits, architecture: str, epochs: int, seed: int
         architecture, defender, defender.train, defender.val, epochs, 1e-3, seed)), recipe
 
 
-def counted(suspects: list[SuspectResult]) -> list[SuspectResult]:
-    """The suspects that kept the accuracy bar (the only ones that enter AUCs and verdicts)."""
-    return [s for s in suspects if s.counts]
-
-
 def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = print) -> OwnershipReport:
     """Run the whole experiment (see the module docstring); cached models and fingerprints are reused."""
     started = time.perf_counter()
@@ -281,7 +257,7 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
         models.append(model)
         log(f"{name}: accuracy {100 * acc:.2f}%, " + ", ".join(f"{m} CAEAcc {100 * v:.0f}%" for m, v in cae.items()))
 
-    auc = {method: _auc(suspects, method) for method in fingerprints}
+    auc = {method: suspects_auc(suspects, method) for method in fingerprints}
     comparison = _compare_conferrability(config, source, candidates, surrogates, references, suspects, models, progress)
     return OwnershipReport(config, source_acc, {m: {"n": len(fp), **fp.meta} for m, fp in fingerprints.items()},
                            suspects, auc, comparison, time.perf_counter() - started)
@@ -303,28 +279,6 @@ def _cached_fingerprint(root: Path, recipe: dict[str, Any], build: Callable[[], 
     fingerprint = build()
     fingerprint.save(directory)
     return fingerprint
-
-
-def family_auc(suspects: list[SuspectResult], method: str) -> dict[str, float]:
-    """ROC AUC of CAEAcc per removal family (`FAMILIES`): that family's counted surrogates against the references."""
-    return {family: _auc([s for s in suspects if s.kind == "reference" or s.attack in attacks], method)
-            for family, attacks in FAMILIES.items()}
-
-
-def _auc(suspects: list[SuspectResult], method: str) -> float:
-    """ROC AUC of CAEAcc for counted surrogates (positive) against counted references (negative)."""
-    kept = counted(suspects)
-    labels = [s.kind == "surrogate" for s in kept]
-    if all(labels) or not any(labels):
-        return float("nan")
-    return float(roc_auc_score(labels, [s.cae_acc[method] for s in kept]))
-
-
-def auc_against_references(suspect: SuspectResult, suspects: list[SuspectResult], method: str) -> float:
-    """AUC of one surrogate against the counted references: the share with lower CAEAcc (ties count half)."""
-    refs = np.array([s.cae_acc[method] for s in counted(suspects) if s.kind == "reference"])
-    value = suspect.cae_acc[method]
-    return float(((refs < value).sum() + 0.5 * (refs == value).sum()) / max(len(refs), 1))
 
 
 def _compare_conferrability(

@@ -16,15 +16,9 @@ from sklearn.metrics import roc_curve
 from neuroprint.evaluation.report import from_fields, save_figure
 from neuroprint.io import atomic_path, write_json
 from neuroprint.ownership.cem import CEMConfig
-from neuroprint.ownership.experiment import (
-    OwnershipConfig,
-    OwnershipReport,
-    SuspectResult,
-    auc_against_references,
-    counted,
-    family_auc,
-)
+from neuroprint.ownership.experiment import OwnershipConfig, OwnershipReport
 from neuroprint.ownership.ipguard import IPGuardConfig
+from neuroprint.ownership.scoring import SuspectResult, auc_against_references, counted, family_auc
 
 METHOD_NAMES = {"cem": "CEM (conferrable)", "ipguard": "IPGuard"}
 
