@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from browser import headless_chromium
 from PIL import Image
-from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -21,26 +21,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 from neuroprint.data import DataSplits
 from neuroprint.guard.inputs import image_to_png
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TIMEOUT_S = 30
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """One headless chromium for the module (never Selenium Manager: the driver path is given)."""
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip(f"{CHROMIUM} and {CHROMEDRIVER} are needed; `make test` installs them (chromium, chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1200,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    """One headless Chromium for the module."""
+    with headless_chromium(tmp_path_factory.mktemp("chromium"), "1200,900") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def post(url: str, body: dict[str, Any]) -> Any:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import headless_chromium
 from PIL import Image
-from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -30,7 +30,6 @@ from neuroprint.ownership.scoring import SuspectResult
 from neuroprint.report.build import record_kind, record_part, report_html, write_report
 from neuroprint.report.html import markdown_html
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ATTACKS = ["pgd:steps=5", "fgsm", "deepfool:steps=5,candidates=2"]
 DETECTORS = ["mahalanobis", "lid", "bank:min_effect=50"]  # the bank cannot be fit here: a reported failure
 
@@ -212,22 +211,9 @@ def test_a_detector_with_an_unknown_name_is_an_incomplete_record(records: dict[s
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """One headless chromium for the module that records the console (never Selenium Manager: the driver path
-    is given)."""
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip(f"{CHROMIUM} and {CHROMEDRIVER} are needed; `make test` installs them (chromium, chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    """One headless Chromium for the module."""
+    with headless_chromium(tmp_path_factory.mktemp("chromium"), "1280,1000") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_report_renders_in_a_browser(browser: WebDriver, records: dict[str, dict[str, Any]],
