@@ -4,7 +4,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -154,6 +156,37 @@ def test_micro_batcher_groups_concurrent_requests_and_keeps_order(guard_dir: Pat
     assert sum(sizes) == 30 and max(sizes) > 3 and max(sizes) <= 16
 
 
+def test_micro_batcher_runs_several_batches_at_once(guard_dir: Path, digits: DataSplits) -> None:
+    import threading
+
+    guard = Guard.load(guard_dir, draws="seeded")
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_score(x: torch.Tensor) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        try:
+            return guard.score(x)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    async def run() -> list[torch.Tensor]:
+        batcher = MicroBatcher(slow_score, max_batch=4, max_wait_ms=1, workers=2)
+        batcher.start()
+        try:
+            results = await asyncio.gather(*(batcher.submit(digits.test.x[i : i + 4]) for i in range(0, 16, 4)))
+        finally:
+            await batcher.stop()
+        return [r.labels for r in results]
+
+    labels = torch.cat(asyncio.run(run()))
+    assert torch.equal(labels, guard.classifier.predict(digits.test.x[:16])) and most[0] == 2
+
+
 def test_open_inference_binary_and_json_requests_parse_alike(digits: DataSplits) -> None:
     x = digits.test.x[:2]
     tensor = {"name": "images", "shape": [2, 1, 8, 8], "datatype": "FP32"}
@@ -226,3 +259,17 @@ def test_guard_commands_bad_input_is_one_line_exit_2(args: list[str], message: s
         main()
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_scoring_from_several_threads_at_once_matches_one_at_a_time(guard_dir: Path, digits: DataSplits) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    guard = Guard.load(guard_dir, draws="seeded")
+    parts = [digits.test.x[i : i + 16] for i in range(0, 160, 16)]
+    expected = [guard.score(x) for x in parts]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):  # the service's model threads share one model (and its forward hooks)
+            for want, got in zip(expected, pool.map(guard.score, parts)):
+                assert torch.equal(want.labels, got.labels)
+                for key in want.scores:
+                    assert torch.allclose(want.scores[key], got.scores[key], atol=1e-5)

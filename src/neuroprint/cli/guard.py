@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -109,12 +110,15 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per micro-batch")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
     max_images: Annotated[int, typer.Option(help="images per request")] = 256,
+    workers: Annotated[int, typer.Option(help="model threads scoring micro-batches at once, each with "
+                                              "CPUs / workers torch threads")] = 2,
     max_body_mb: Annotated[float, typer.Option(help="request body limit (MiB)")] = 8.0,
     timeout_s: Annotated[float, typer.Option(help="scoring time limit per request (seconds)")] = 30.0,
     attack: Annotated[bool, typer.Option("--attack/--no-attack", help="the web page's server-side PGD button")] = True,
     seeded: Annotated[bool, typer.Option("--seeded", help="reproducible draws instead of the OS CSPRNG")] = False,
 ) -> None:
     """Serve a guard over HTTP: classify + flag per request, a web page at /, the Open Inference Protocol at /v2."""
+    import torch
     import uvicorn
 
     from neuroprint.guard import Guard
@@ -122,8 +126,9 @@ def serve(
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port}")
-    if max_body_mb <= 0 or timeout_s <= 0 or max_batch < 1 or max_images < 1 or max_wait_ms < 0:
-        raise ConfigError("--max-body-mb, --timeout-s, --max-batch and --max-images must be > 0, --max-wait-ms >= 0")
+    if max_body_mb <= 0 or timeout_s <= 0 or max_batch < 1 or max_images < 1 or workers < 1 or max_wait_ms < 0:
+        raise ConfigError("--max-body-mb, --timeout-s, --max-batch, --max-images and --workers must be > 0, "
+                          "--max-wait-ms >= 0")
     api_key = None
     if api_key_file is not None:
         try:
@@ -132,8 +137,11 @@ def serve(
             raise InputError(f"cannot read the API key file {api_key_file} ({exc.strerror})") from None
         if not api_key:
             raise InputError(f"the API key file {api_key_file} is empty")
+    # Several model threads with one share of the cores each: a thread that waits for the event loop stalls only
+    # itself, not every OpenMP thread of one model (BENCHMARKS.md, guard service).
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     guard = Guard.load(guard_dir, checkpoint, draws="seeded" if seeded else "secure")
     settings = ServiceSettings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_images=max_images,
-                               max_batch=max_batch, max_wait_ms=max_wait_ms, timeout_s=timeout_s,
+                               max_batch=max_batch, workers=workers, max_wait_ms=max_wait_ms, timeout_s=timeout_s,
                                model_name=model_name, api_key=api_key, attack=attack)
     uvicorn.run(create_app(guard, settings), host=host, port=port, log_level="info", timeout_keep_alive=5)

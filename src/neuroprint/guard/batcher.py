@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests are scored together, so a service keeps near batched-inference throughput.
 
 Requests wait at most `max_wait_ms` for company and a batch holds at most `max_batch` images (a request larger than
-that is scored alone). The model runs in one worker thread, never on the event loop, one batch at a time.
+that is scored alone). The model runs in `workers` threads, never on the event loop: up to `workers` batches at a
+time, the next batch formed only when a worker is free, so requests gather while all are busy.
 """
 from __future__ import annotations
 
@@ -25,26 +26,29 @@ class MicroBatcher:
     told of every batch run. Use inside a running event loop: `start()` once, `await submit(x)`, `await stop()`."""
 
     def __init__(self, scorer: Scorer, max_batch: int = 64, max_wait_ms: float = 5.0,
-                 on_batch: BatchObserver | None = None) -> None:
+                 on_batch: BatchObserver | None = None, workers: int = 1) -> None:
         self.scorer = scorer
         self.max_batch = check_int("max_batch", max_batch)
         self.max_wait = check_float("max_wait_ms", max_wait_ms, 0.0, 10_000.0, low_open=False) / 1000.0
         self.on_batch = on_batch
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroprint-model")
+        self.workers = check_int("workers", workers)
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="neuroprint-model")
         self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[GuardScores]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._running) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.executor.shutdown(wait=True)
 
     async def run_in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(*args)` in the model's worker thread (between batches), e.g. an attack for the web page."""
+        """Run `fn(*args)` in a model worker thread, e.g. an attack for the web page."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def submit(self, x: torch.Tensor) -> GuardScores:
@@ -54,8 +58,11 @@ class MicroBatcher:
         return await future
 
     async def _run(self) -> None:
+        free = asyncio.Semaphore(self.workers)
+        carry: tuple[torch.Tensor, asyncio.Future[GuardScores]] | None = None
         while True:
-            first = await self._queue.get()
+            await free.acquire()
+            first, carry = carry or await self._queue.get(), None
             batch = [first]
             size = len(first[0])
             deadline = time.monotonic() + self.max_wait
@@ -65,11 +72,13 @@ class MicroBatcher:
                 except TimeoutError:
                     break
                 if size + len(item[0]) > self.max_batch:
-                    await self._run_batch(batch)
-                    batch, size = [], 0
+                    carry = item  # the first of the next batch
+                    break
                 batch.append(item)
                 size += len(item[0])
-            await self._run_batch(batch)
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._running.add(task)
+            task.add_done_callback(lambda done: (self._running.discard(done), free.release()))
 
     async def _run_batch(self, batch: list[tuple[torch.Tensor, asyncio.Future[GuardScores]]]) -> None:
         live = [(x, f) for x, f in batch if not f.cancelled()]

@@ -49,13 +49,15 @@ OPEN_PATHS = ("/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready",
 @dataclass(frozen=True)
 class ServiceSettings:
     """Limits and options: `max_body_bytes` per request, `max_images` per request, micro-batches of at most
-    `max_batch` images gathered for at most `max_wait_ms`, `timeout_s` for a request's scoring, `top_k`
+    `max_batch` images gathered for at most `max_wait_ms` and scored by `workers` model threads at a time,
+    `timeout_s` for a request's scoring, `top_k`
     probabilities per image (None = all), the Open Inference `model_name`, an optional `api_key`, and whether
     the web page's server-side attack (`/v1/attack`, PGD of `attack_steps` steps, eps <= `max_attack_eps`) is on."""
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 256
     max_batch: int = 64
+    workers: int = 2
     max_wait_ms: float = 5.0
     timeout_s: float = 30.0
     top_k: int | None = None
@@ -134,7 +136,8 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
     """The FastAPI application serving `guard` (see the module doc)."""
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics()
-    batcher = MicroBatcher(guard.score, settings.max_batch, settings.max_wait_ms, metrics.observe_batch)
+    batcher = MicroBatcher(guard.score, settings.max_batch, settings.max_wait_ms, metrics.observe_batch,
+                           settings.workers)
     keys = list(guard.detectors)
     description = {"model": guard.meta.get("model", {}).get("architecture"), "model_name": settings.model_name,
                    "image_shape": list(guard.image_shape), "num_classes": guard.num_classes,

@@ -1,8 +1,10 @@
 """`Classifier`: a trained network seen through pixel-space inputs, with normalisation inside and named layers."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,7 +88,8 @@ class Classifier(nn.Module):
         check_images(x, self.bounds, name)
 
     def layer_outputs(self, x: torch.Tensor, layers: Sequence[str] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One forward pass; returns logits and the raw outputs of `layers` (default `self.layers`).
+        """One forward pass; returns logits and the raw outputs of `layers` (default `self.layers`). Safe to call
+        from several threads at once on the same model (each call keeps the outputs of its own pass).
 
         Gradients flow through the returned tensors, so detectors built on them stay differentiable in `x`.
         """
@@ -96,9 +99,15 @@ class Classifier(nn.Module):
         if unknown:
             raise ConfigError(f"unknown layer(s) {unknown}; valid: {', '.join(n for n in modules if n)}")
         captured: dict[str, torch.Tensor] = {}
-        hooks = [
-            modules[n].register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out)) for n in wanted
-        ]
+        caller = threading.get_ident()  # hooks are shared by every thread running the module: keep only our pass
+
+        def keep(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+            def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+                if threading.get_ident() == caller:
+                    captured[name] = out
+            return hook
+
+        hooks = [modules[n].register_forward_hook(keep(n)) for n in wanted]
         try:
             logits = self(x)
         finally:
