@@ -155,13 +155,13 @@ class RSSSampler:
 
 
 @contextmanager
-def served(guard_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def served(guard_dir: Path, extra: list[str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`neuroprint serve` (default settings) on a free port of 127.0.0.1, ready (`/readyz` answered); yields
     its base URL and process, and always stops it. Its log goes to a temporary file (shown if it fails to
     start)."""
     port = free_port()
     command = [str(Path(sys.executable).with_name("neuroprint")), "serve", "--guard", str(guard_dir),
-               "--host", "127.0.0.1", "--port", str(port)]
+               "--host", "127.0.0.1", "--port", str(port), *extra]
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -298,6 +298,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--wait-minutes", type=float, default=25.0,
                         help="wait at most this long for a 1-minute load average below 1.0 (0 = start now)")
+    parser.add_argument("--serve-args", default="", help="extra `neuroprint serve` options, e.g. '--workers 1'")
     parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
     args = parser.parse_args()
 
@@ -307,7 +308,7 @@ def main() -> None:
     raw = {f"batch_{b}": raw_images_per_second(guard, images, b, 2 * args.raw_seconds)
            for b in (1, 16, MAX_BATCH)}
     configs = []
-    with served(args.guard) as (url, server):
+    with served(args.guard, args.serve_args.split()) as (url, server):
         time.sleep(1.0)
         rest_kib = proc_status_kib(server.pid, "VmRSS")
         sampler = RSSSampler(server.pid)
