@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +155,7 @@ class RSSSampler:
 
 
 @contextmanager
-def served(guard_dir: Path, extra: list[str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def served(guard_dir: Path, extra: Sequence[str] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`neuroprint serve` (default settings) on a free port of 127.0.0.1, ready (`/readyz` answered); yields
     its base URL and process, and always stops it. Its log goes to a temporary file (shown if it fails to
     start)."""
