@@ -111,7 +111,8 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
     max_images: Annotated[int, typer.Option(help="images per request")] = 256,
     workers: Annotated[int, typer.Option(help="model threads scoring micro-batches at once, each with "
-                                              "CPUs / workers torch threads")] = 2,
+                                              "CPUs / workers torch threads (2: more throughput on few cores, "
+                                              "see BENCHMARKS.md)")] = 1,
     max_body_mb: Annotated[float, typer.Option(help="request body limit (MiB)")] = 8.0,
     timeout_s: Annotated[float, typer.Option(help="scoring time limit per request (seconds)")] = 30.0,
     attack: Annotated[bool, typer.Option("--attack/--no-attack", help="the web page's server-side PGD button")] = True,
@@ -137,7 +138,7 @@ def serve(
             raise InputError(f"cannot read the API key file {api_key_file} ({exc.strerror})") from None
         if not api_key:
             raise InputError(f"the API key file {api_key_file} is empty")
-    # Several model threads with one share of the cores each: a thread that waits for the event loop stalls only
+    # Several model threads get one share of the cores each: a thread that waits for the event loop stalls only
     # itself, not every OpenMP thread of one model (BENCHMARKS.md, guard service).
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     guard = Guard.load(guard_dir, checkpoint, draws="seeded" if seeded else "secure")

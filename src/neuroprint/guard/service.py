@@ -57,7 +57,7 @@ class ServiceSettings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 256
     max_batch: int = 64
-    workers: int = 2
+    workers: int = 1
     max_wait_ms: float = 5.0
     timeout_s: float = 30.0
     top_k: int | None = None
