@@ -8,6 +8,7 @@ is the start; growth is the largest sample after it over the start, in %. Target
 The run first waits (at most `--wait-minutes`) for a 1-minute load average below 1.0.
 
 Run: .venv/bin/python benchmarks/guard_soak.py --guard runs/guard --minutes 10 [--clients 8 --rate 25]
+     [--serve-args '--workers 2']
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--wait-minutes", type=float, default=25.0,
                         help="wait at most this long for a 1-minute load average below 1.0 (0 = start now)")
+    parser.add_argument("--serve-args", default="", help="extra `neuroprint serve` options, e.g. '--workers 2'")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     args = parser.parse_args()
 
@@ -82,7 +84,7 @@ def main() -> None:
     guard = Guard.load(args.guard)
     pool = mixed_pool(load_dataset("mnist").test.x)
     seconds = args.warmup_s + 60 * args.minutes
-    with served(args.guard) as (url, server):
+    with served(args.guard, args.serve_args.split()) as (url, server):
         rest_kib = proc_status_kib(server.pid, "VmRSS")
         records, samples = asyncio.run(soak(url, server.pid, pool, args.clients, args.rate, seconds,
                                             args.sample_s))
@@ -109,7 +111,7 @@ def main() -> None:
               "end_growth_percent": 100 * (after[-1] - start_kib) / start_kib, "vmhwm_mib": hwm_kib / 1024}
     result["meets_target"] = result["errors"] == 0 and result["max_growth_percent"] <= 10
     record = {"benchmark": "guard_soak", "guard": str(args.guard), "detectors": list(guard.detectors),
-              "minutes": args.minutes, "warmup_s": args.warmup_s, "clients": args.clients, "rate": args.rate,
+              "serve_args": args.serve_args, "minutes": args.minutes, "warmup_s": args.warmup_s, "clients": args.clients, "rate": args.rate,
               "mix": [f"{kind} x{size}" for kind in KINDS for size in SIZES], **result, "by_kind": by_kind,
               "per_minute": minutes,
               "rss_samples": [{"t_s": round(t, 1), "rss_mib": kib / 1024} for t, kib in samples],

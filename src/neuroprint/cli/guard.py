@@ -123,6 +123,7 @@ def serve(
     import uvicorn
 
     from neuroprint.guard import Guard
+    from neuroprint.guard.heap import bound_heap_growth
     from neuroprint.guard.service import ServiceSettings, create_app
 
     if not 0 < port < 65536:
@@ -141,6 +142,7 @@ def serve(
     # Several model threads get one share of the cores each: a thread that waits for the event loop stalls only
     # itself, not every OpenMP thread of one model (BENCHMARKS.md, guard service).
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    bound_heap_growth(arenas=workers + 1)  # the model threads and the event loop
     guard = Guard.load(guard_dir, checkpoint, draws="seeded" if seeded else "secure")
     settings = ServiceSettings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_images=max_images,
                                max_batch=max_batch, workers=workers, max_wait_ms=max_wait_ms, timeout_s=timeout_s,

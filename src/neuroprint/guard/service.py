@@ -29,7 +29,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,6 +41,7 @@ from neuroprint.guard.batcher import MicroBatcher
 from neuroprint.guard.guard import Guard, GuardScores
 from neuroprint.guard.inputs import image_from_bytes, images_from_lists
 from neuroprint.guard.limits import APIKey, BodyLimit, PayloadTooLarge
+from neuroprint.guard.schemas import AttackRequest, InferRequest, PredictRequest, body_doc
 from neuroprint.guard.telemetry import RequestMetrics, ServiceMetrics
 
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")
@@ -66,55 +67,6 @@ class ServiceSettings:
     attack: bool = True
     attack_steps: int = 40
     max_attack_eps: float = 0.5
-
-
-class PredictRequest(BaseModel):
-    """JSON body of `POST /v1/predict`."""
-
-    inputs: list[Any] = Field(description="N images [C, H, W] (or [H, W] for one channel), pixels in [0, 1]")
-
-
-class AttackRequest(BaseModel):
-    """JSON body of `POST /v1/attack`."""
-
-    input: list[Any] = Field(description="one image [C, H, W] (or [H, W]), pixels in [0, 1]")
-    eps: float = Field(0.3, gt=0, le=1, description="L-inf budget in pixel units of [0, 1] images")
-
-
-class InferTensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any] | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class InferRequest(BaseModel):
-    """JSON body of `POST /v2/models/{name}/infer` (Open Inference Protocol)."""
-
-    id: str | None = None
-    inputs: list[InferTensor]
-    outputs: list[dict[str, Any]] | None = None
-
-
-def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
-    """A JSON schema with its local `#/$defs/...` references replaced by their definitions (none is recursive)."""
-    if isinstance(node, dict):
-        if "$ref" in node:
-            return _inline_refs(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
-        return {key: _inline_refs(value, defs) for key, value in node.items() if key != "$defs"}
-    if isinstance(node, list):
-        return [_inline_refs(value, defs) for value in node]
-    return node
-
-
-def _body_doc(model: type[BaseModel], multipart: bool = False) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    content: dict[str, Any] = {"application/json": {"schema": _inline_refs(schema, schema.get("$defs", {}))}}
-    if multipart:
-        content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}
-    return {"requestBody": {"required": True, "content": content}}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -210,7 +162,7 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
     async def describe() -> dict[str, Any]:
         return description
 
-    @app.post("/v1/predict", openapi_extra=_body_doc(PredictRequest, multipart=True))
+    @app.post("/v1/predict", openapi_extra=body_doc(PredictRequest, multipart=True))
     async def predict(request: Request) -> JSONResponse:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
@@ -230,7 +182,7 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
         return JSONResponse({"labels": result.labels.tolist(), "predictions": predictions, "request_id": request_id},
                             headers={"x-request-id": request_id})
 
-    @app.post("/v1/attack", openapi_extra=_body_doc(AttackRequest))
+    @app.post("/v1/attack", openapi_extra=body_doc(AttackRequest))
     async def attack(request: Request) -> Any:
         if not settings.attack:
             return _error(404, "the server-side attack is switched off (serve without --no-attack to use it)")
@@ -272,7 +224,7 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
         known(name)
         return {"name": name, "ready": True}
 
-    @app.post("/v2/models/{name}/infer", openapi_extra=_body_doc(InferRequest))
+    @app.post("/v2/models/{name}/infer", openapi_extra=body_doc(InferRequest))
     async def infer(name: str, request: Request) -> dict[str, Any]:
         known(name)
         x, request_id, requested = openinference.parse_infer_request(
