@@ -30,12 +30,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from neuroprint.data import load_dataset
-from neuroprint.detectors.influence import (
-    LastLayerInfluence,
-    LissaConfig,
-    forward_with_embedding,
-    lissa_influence,
-)
+from neuroprint.detectors.influence import LastLayerInfluence, forward_with_embedding
+from neuroprint.detectors.lissa import LissaConfig, lissa_influence
 from neuroprint.detectors.nnif import NNIFDetector
 from neuroprint.detectors.ranks import ranks_and_distances
 

@@ -1,9 +1,9 @@
-"""NeuralFP on MNIST: fingerprinted training, detection of the nine attacks, the adaptive white-box attack, speed.
+"""NeuralFP on MNIST: probe training, detection of the nine attacks, the adaptive white-box attack, speed.
 
 Phases (each appends JSON lines to `<out>/neuralfp.jsonl` and prints them; models and adversarial sets are cached
 under `<out>/cache`, so re-runs only redo what is missing):
-  accuracy  clean test accuracy and seconds per epoch of each fingerprinted model vs the same net and schedule
-            trained without fingerprints
+  accuracy  clean test accuracy and seconds per epoch of each NeuralFP model vs the same net and schedule
+            trained without probes
   detect    `neuralfp` (min over classes) and `neuralfp:score_kind=predicted` on every attack: AUC, TPR at 5% FPR
             (threshold from clean validation images; the method never sees adversarial examples)
   protocol  where the AUC is lost, on the cached test attacks: our protocol (successful examples vs the disjoint
@@ -11,7 +11,7 @@ under `<out>/cache`, so re-runs only redo what is missing):
             attack output of a correctly classified source, failed ones included, vs those sources' clean
             images), the clean score's upper tail (and how many of its images the model is unsure of), and JSMA
             split by whether the attack spent its whole pixel budget
-  adaptive  Adaptive-CW-L2 (eq. 29) aimed at the target class's fingerprints: attack success, mean L2, and the
+  adaptive  Adaptive-CW-L2 (eq. 29) aimed at the target class's probes: attack success, mean L2, and the
             share of successful attacks the defender still flags at its 5%-FPR threshold
   speed     one detection (a forward pass over (N + 1) x 256 inputs) vs N + 1 plain forward passes of 256 images
 
@@ -43,21 +43,21 @@ from neuroprint.evaluation.protocol import EvalConfig, cached_adversarial_set, r
 from neuroprint.evaluation.report import markdown_table
 from neuroprint.evaluation.splits import correct_clean, draw_sources
 from neuroprint.models.checkpoint import load_or_train
-from neuroprint.models.fingerprints import DIRECTIONS, FingerprintConfig, perturbed_inputs
+from neuroprint.models.probes import DIRECTIONS, ProbeConfig, perturbed_inputs
 from neuroprint.models.training import TrainConfig
 
 ATTACKS = ["fgsm", "bim-a", "bim-b", "pgd", "mifgsm", "cw", "deepfool", "jsma", "ead"]
 PHASES = ("accuracy", "detect", "protocol", "adaptive", "speed")
 
 
-def schedule(fingerprint: FingerprintConfig | None, seed: int) -> TrainConfig:
-    return TrainConfig(epochs=2, batch_size=128, lr=1e-3, lr_drop_epoch=1, seed=seed, fingerprint=fingerprint)
+def schedule(probes: ProbeConfig | None, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=2, batch_size=128, lr=1e-3, lr_drop_epoch=1, seed=seed, probes=probes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.neuralfp_mnist", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", nargs="+", default=["10:0.006"], help="N:eps fingerprint settings")
+    parser.add_argument("--grid", nargs="+", default=["10:0.006"], help="N:eps probe settings")
     parser.add_argument("--per-step", type=int, default=2, help="directions per training step (0 = all N)")
     parser.add_argument("--directions", default="symmetric", choices=DIRECTIONS,
                         help="dx pixels in [-eps, eps] (the paper) or [0, eps) (the reference code)")
@@ -84,16 +84,16 @@ def main() -> None:
 
     for setting in args.grid:
         n, eps = setting.split(":")
-        fingerprint = FingerprintConfig(n=int(n), eps=float(eps), seed=args.seed, per_step=args.per_step or None,
-                                        directions=args.directions)
-        clf, meta, model_dir = load_or_train("mnist-net", data, schedule(fingerprint, args.seed), cache / "models", True, args.device)
+        probes = ProbeConfig(n=int(n), eps=float(eps), seed=args.seed, per_step=args.per_step or None,
+                             directions=args.directions)
+        clf, meta, model_dir = load_or_train("mnist-net", data, schedule(probes, args.seed), cache / "models", True, args.device)
         tag = {"N": int(n), "eps": float(eps), "per_step": args.per_step or int(n), "directions": args.directions,
                "model": model_dir.name}
         if "accuracy" in args.phases:
             _, plain_meta, _ = load_or_train("mnist-net", data, schedule(None, args.seed), cache / "models", True, args.device)
             record({"benchmark": "neuralfp_accuracy", **tag, "clean_accuracy": meta["clean_accuracy"],
                     "plain_clean_accuracy": plain_meta["clean_accuracy"], "epoch_seconds": meta["epoch_seconds"],
-                    "plain_epoch_seconds": plain_meta["epoch_seconds"], "fingerprint_loss": meta["fingerprint_loss"]})
+                    "plain_epoch_seconds": plain_meta["epoch_seconds"], "probe_loss": meta["probe_loss"]})
         if "detect" in args.phases:
             config = EvalConfig(dataset="mnist", model=str(model_dir), attacks=args.attacks,
                                 detectors=["neuralfp", "neuralfp:score_kind=predicted"], n_fit=args.n_val,
@@ -182,7 +182,7 @@ def adaptive(clf: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]:
         adv_scores = detector.score(result.x_adv[result.success]).numpy()
         flagged = detector.predict(result.x_adv[result.success])
     return {
-        "attack": "adaptive-cw-l2 (target-class fingerprints)", "params": attack.params, "n": len(test),
+        "attack": "adaptive-cw-l2 (target-class probes)", "params": attack.params, "n": len(test),
         "success_rate": result.success_rate, "mean_l2": float(result.l2[result.success].mean()),
         "tpr_at_threshold": float(flagged.float().mean()), "threshold": detector.threshold_,
         "auc": metrics.auc(clean_scores, adv_scores), "tpr_at_fpr05": metrics.tpr_at_fpr(clean_scores, adv_scores, 0.05),
@@ -195,8 +195,8 @@ def speed(clf: Any, batch: int = 256) -> dict[str, Any]:
     detector = make_detector("neuralfp", batch_size=batch)
     x = torch.rand(batch, 1, 28, 28)
     detector.fit(clf, x, torch.zeros(batch, dtype=torch.long))
-    fingerprints = clf.fingerprints
-    copies = perturbed_inputs(x, fingerprints, clf.bounds).split(batch)  # the n + 1 batches one detection sees
+    probes = clf.probes
+    copies = perturbed_inputs(x, probes, clf.bounds).split(batch)  # the n + 1 batches one detection sees
 
     def plain() -> None:
         for part in copies:
@@ -204,7 +204,7 @@ def speed(clf: Any, batch: int = 256) -> dict[str, Any]:
 
     with torch.no_grad():
         medians = interleaved_medians({"plain": plain, "detect": lambda: detector.score(x)}, repeats=10, warmup=2)
-    return {"batch": batch, "plain_passes": fingerprints.n + 1, "plain_ms": 1e3 * medians["plain"],
+    return {"batch": batch, "plain_passes": probes.n + 1, "plain_ms": 1e3 * medians["plain"],
             "detect_ms": 1e3 * medians["detect"], "ratio": medians["detect"] / medians["plain"], "target": 1.1}
 
 

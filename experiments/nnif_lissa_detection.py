@@ -37,9 +37,9 @@ from sklearn.preprocessing import StandardScaler
 
 from experiments.common import PeakRSS, emit, load_cached_attack, load_cached_model
 from neuroprint.data import load_dataset
-from neuroprint.detectors.influence import (
+from neuroprint.detectors.influence import forward_with_embedding
+from neuroprint.detectors.lissa import (
     LissaConfig,
-    forward_with_embedding,
     hessian_vector_products,
     lissa_influence,
     lissa_inverse_hvp,

@@ -11,7 +11,7 @@ from neuroprint.data import DataSplits, load_dataset
 from neuroprint.guard import GuardConfig, fit_guard
 from neuroprint.models import Classifier, build_model
 from neuroprint.models.checkpoint import save_checkpoint
-from neuroprint.models.fingerprints import FingerprintConfig
+from neuroprint.models.probes import ProbeConfig
 from neuroprint.models.training import TrainConfig, TrainHistory, train
 
 # The suite runs on 2 cores with 2 pytest workers: one thread each avoids oversubscription (several times slower
@@ -34,18 +34,18 @@ def tiny_classifier(digits: DataSplits) -> Classifier:
 
 
 @pytest.fixture(scope="session")
-def fp_trained(digits: DataSplits) -> tuple[Classifier, TrainHistory]:
-    """A NeuralFP `small-cnn` on digits (3 fingerprints, one per step) and its training history."""
+def probe_trained(digits: DataSplits) -> tuple[Classifier, TrainHistory]:
+    """A NeuralFP `small-cnn` on digits (3 probes, one per step) and its training history."""
     torch.manual_seed(0)
     clf = Classifier(build_model("small-cnn", in_channels=1, width=16), mean=digits.mean, std=digits.std)
-    fingerprint = FingerprintConfig(n=3, eps=0.1, per_step=1)
-    config = TrainConfig(epochs=30, batch_size=64, lr=3e-3, lr_drop_epoch=25, fingerprint=fingerprint)
+    probes = ProbeConfig(n=3, eps=0.1, per_step=1)
+    config = TrainConfig(epochs=30, batch_size=64, lr=3e-3, lr_drop_epoch=25, probes=probes)
     return clf, train(clf, digits.train, digits.val, config, progress=False)
 
 
 @pytest.fixture(scope="session")
-def fp_classifier(fp_trained: tuple[Classifier, TrainHistory]) -> Classifier:
-    return fp_trained[0]
+def probe_classifier(probe_trained: tuple[Classifier, TrainHistory]) -> Classifier:
+    return probe_trained[0]
 
 
 @pytest.fixture(scope="session")

@@ -178,14 +178,14 @@ def test_surrogates_give_gradients_for_non_differentiable_detectors(
         torch.testing.assert_close(out.check, detector.score(x.detach()), rtol=1e-4, atol=1e-4)
 
 
-def test_papers_attacks_run_under_the_common_interface(fp_classifier: Classifier, digits: DataSplits) -> None:
-    detector = make_detector("neuralfp").fit(fp_classifier, digits.val.x, digits.val.y).calibrate(digits.val.x)
-    x, y = sources(fp_classifier, digits, 12)
+def test_papers_attacks_run_under_the_common_interface(probe_classifier: Classifier, digits: DataSplits) -> None:
+    detector = make_detector("neuralfp").fit(probe_classifier, digits.val.x, digits.val.y).calibrate(digits.val.x)
+    x, y = sources(probe_classifier, digits, 12)
     attack = make_adaptive_attack("neuralfp-cw", norm="l2", eps=2.0, steps=10, search_steps=1)
-    result = attack(fp_classifier, detector_view(detector), x, y)
+    result = attack(probe_classifier, detector_view(detector), x, y)
     assert float((result.x_adv - x).flatten(1).norm(dim=1).max()) <= 2.0 + 1e-5
     with pytest.raises(ConfigError, match="applies to neuralfp only"):
-        attack(fp_classifier, detector_view(fitted(fp_classifier, digits, "max")), x, y)
+        attack(probe_classifier, detector_view(fitted(probe_classifier, digits, "max")), x, y)
 
 
 def test_bad_input_gives_one_line_errors(tiny_classifier: Classifier, digits: DataSplits) -> None:

@@ -160,10 +160,10 @@ def test_unknown_detector_is_rejected_before_any_work(
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [(["--fingerprints", "-1"], "--fingerprints must be >= 1"), (["--fingerprints", "5", "--fp-eps", "1.5"], "eps must be"),
-     (["--fingerprints", "5", "--fp-directions", "both"], "symmetric, positive")],
+    [(["--probes", "-1"], "--probes must be >= 1"), (["--probes", "5", "--probe-eps", "1.5"], "eps must be"),
+     (["--probes", "5", "--probe-directions", "both"], "symmetric, positive")],
 )
-def test_train_rejects_bad_fingerprint_options(
+def test_train_rejects_bad_probe_options(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, options: list[str], message: str
 ) -> None:
     code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "-o", str(tmp_path / "m"), *options)
@@ -173,13 +173,13 @@ def test_train_rejects_bad_fingerprint_options(
 
 def test_ownership_generate_and_verify(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path) -> None:
-    ckpt, fp = tmp_path / "source", tmp_path / "fp"
+    ckpt, queries = tmp_path / "source", tmp_path / "queries"
     train_digits(monkeypatch, capsys, ckpt)
-    code, out, err = run(monkeypatch, capsys, "ownership", "generate", "-s", str(ckpt), "-o", str(fp), "-d", "digits",
+    code, out, err = run(monkeypatch, capsys, "ownership", "generate", "-s", str(ckpt), "-o", str(queries), "-d", "digits",
                          "--method", "ipguard", "--steps", "60", "--size", "10", "--n-candidates", "40", "--k", "0.2")
     assert code == 0, err
-    assert "ipguard fingerprint of" in out
-    code, out, err = run(monkeypatch, capsys, "ownership", "verify", "-f", str(fp), "--suspect", str(ckpt))
+    assert "ipguard query set of" in out
+    code, out, err = run(monkeypatch, capsys, "ownership", "verify", "-q", str(queries), "--suspect", str(ckpt))
     assert code == 0, err
     result = json.loads(out)
     assert result["cae_acc"] == 1.0 and result["is_surrogate"] is True and "SURROGATE" in err
@@ -188,10 +188,10 @@ def test_ownership_generate_and_verify(monkeypatch: pytest.MonkeyPatch, capsys: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ownership", "verify", "-f", "/nonexistent/fp", "--suspect", "/nonexistent/m"], "fingerprint directory"),
-        (["ownership", "verify", "-f", "/nonexistent/fp"], "give exactly one suspect"),
-        (["ownership", "verify", "-f", "/x", "--suspect", "/y", "--url", "http://localhost:1"], "exactly one suspect"),
-        (["ownership", "generate", "-s", "/nonexistent/m", "-o", "/tmp/fp", "--method", "nope"], "unknown --method"),
+        (["ownership", "verify", "--queries", "/nonexistent/q", "--suspect", "/nonexistent/m"], "query-set directory"),
+        (["ownership", "verify", "-q", "/nonexistent/q"], "give exactly one suspect"),
+        (["ownership", "verify", "-q", "/x", "--suspect", "/y", "--url", "http://localhost:1"], "exactly one suspect"),
+        (["ownership", "generate", "-s", "/nonexistent/m", "-o", "/tmp/q", "--method", "nope"], "unknown --method"),
         (["ownership", "evaluate", "--removal", "bogus"], "unknown removal attack 'bogus'; valid: "),
         (["ownership", "evaluate", "--weights", "odd"], "unknown --weights 'odd'; valid: paper, sensitivity"),
     ],
@@ -204,13 +204,13 @@ def test_ownership_bad_input_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
 
 def test_ownership_generate_cem_trains_local_models(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                                     tmp_path: Path) -> None:
-    ckpt, fp = tmp_path / "source", tmp_path / "fp"
+    ckpt, queries = tmp_path / "source", tmp_path / "queries"
     train_digits(monkeypatch, capsys, ckpt)
-    args = ["ownership", "generate", "-s", str(ckpt), "-o", str(fp), "-d", "digits", "--n-local", "2", "--epochs", "10",
+    args = ["ownership", "generate", "-s", str(ckpt), "-o", str(queries), "-d", "digits", "--n-local", "2", "--epochs", "10",
             "--steps", "20", "--tau", "0", "--size", "10", "--n-candidates", "40", "--cache-dir", str(tmp_path / "c")]
     code, out, err = run(monkeypatch, capsys, *args)
     assert code == 0, err
-    assert "cem fingerprint of" in out and len(list((tmp_path / "c" / "models").iterdir())) == 4
+    assert "cem query set of" in out and len(list((tmp_path / "c" / "models").iterdir())) == 4
     code, _, err = run(monkeypatch, capsys, *[a if a != "digits" else "mnist" for a in args])
     assert code == 2 and "trained on 'digits', not 'mnist'" in err
 

@@ -29,7 +29,7 @@ CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
 # attack (0.89 with the parameters above; the NNIF paper's DkNN also trails, e.g. 86.8 AUC on CIFAR-10 PGD).
 MIN_AUC: dict[str, float] = {"dknn": 0.8}
 DIFFERENTIABLE = ["bank", "binary-activation", "distance-space", "kdbu", "lid", "mahalanobis", "neuralfp"]  # detectors whose docstring promises a differentiable score
-OWN_MODEL = {"neuralfp"}  # detectors that need a model trained for them (the `fp_classifier` fixture)
+OWN_MODEL = {"neuralfp"}  # detectors that need a model trained for them (the `probe_classifier` fixture)
 FEATURE_MODE = {"mahalanobis": {"noise_magnitudes": [0.0]}}  # parameters under which a detector shares features
 
 
@@ -51,8 +51,8 @@ def sets(tiny_classifier: Classifier, digits: DataSplits) -> dict[str, torch.Ten
 
 
 @pytest.fixture(scope="module")
-def fp_sets(fp_classifier: Classifier, digits: DataSplits) -> dict[str, torch.Tensor]:
-    return attack_sets(fp_classifier, digits)
+def probe_sets(probe_classifier: Classifier, digits: DataSplits) -> dict[str, torch.Tensor]:
+    return attack_sets(probe_classifier, digits)
 
 
 def build(name: str, **params: Any) -> Detector:
@@ -72,8 +72,8 @@ def detector_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def model(request: pytest.FixtureRequest, detector_name: str, tiny_classifier: Classifier) -> Classifier:
-    """The classifier a detector is tested on: NeuralFP needs one trained with its fingerprints."""
-    return request.getfixturevalue("fp_classifier") if detector_name in OWN_MODEL else tiny_classifier
+    """The classifier a detector is tested on: NeuralFP needs one trained with its probes."""
+    return request.getfixturevalue("probe_classifier") if detector_name in OWN_MODEL else tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def model_sets(
     request: pytest.FixtureRequest, detector_name: str, sets: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """`sets`, attacked on `model`."""
-    return request.getfixturevalue("fp_sets") if detector_name in OWN_MODEL else sets
+    return request.getfixturevalue("probe_sets") if detector_name in OWN_MODEL else sets
 
 
 @pytest.fixture(scope="module")

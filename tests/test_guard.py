@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from neuroprint.errors import ConfigError, InputError
 from neuroprint.guard import Guard, GuardConfig
 from neuroprint.guard.batcher import MicroBatcher
 from neuroprint.guard.fit import detector_keys
+from neuroprint.guard.heap import HeapTrimmer, cap_arenas
 from neuroprint.guard.inputs import image_from_bytes, image_to_png, images_from_lists, input_batches
 from neuroprint.guard.openinference import infer_response, parse_infer_request
 
@@ -273,3 +275,11 @@ def test_scoring_from_several_threads_at_once_matches_one_at_a_time(guard_dir: P
                 assert torch.equal(want.labels, got.labels)
                 for key in want.scores:
                     assert torch.allclose(want.scores[key], got.scores[key], atol=1e-5)
+
+
+def test_heap_bounds_take_effect_on_glibc_and_are_skipped_elsewhere() -> None:
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert cap_arenas(8) is glibc
+    trimmer = HeapTrimmer(interval_s=0.0)
+    trimmer()
+    assert trimmer.active is glibc

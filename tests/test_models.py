@@ -15,6 +15,7 @@ from neuroprint.models.checkpoint import (
     load_user_model,
     save_checkpoint,
 )
+from neuroprint.models.probes import ProbeConfig
 from neuroprint.models.training import TrainConfig, accuracy
 
 
@@ -133,6 +134,18 @@ def test_shipped_mnist_weights_load_and_keep_their_recorded_accuracy(tmp_path: P
     clf, meta, directory = load_or_train("mnist-net", data, TrainConfig(), cache_dir=tmp_path, progress=False)
     assert directory.parent == SHIPPED_WEIGHTS and not any(tmp_path.iterdir())  # loaded, nothing trained
     assert meta["clean_accuracy"] > 0.99 and meta["train_config"]["epochs"] == TrainConfig().epochs
+    assert accuracy(clf, data.test) == pytest.approx(meta["clean_accuracy"], abs=1e-4)
+
+
+def test_shipped_neuralfp_weights_load_with_their_probes_and_recorded_accuracy(tmp_path: Path) -> None:
+    """The NeuralFP model of docs/neuralfp.md ships: its configuration loads, probes included, without training."""
+    data = load_dataset("mnist")
+    config = TrainConfig(epochs=2, lr_drop_epoch=1, probes=ProbeConfig(n=10, eps=0.006, per_step=2))
+    clf, meta, directory = load_or_train("mnist-net", data, config, cache_dir=tmp_path, progress=False)
+    assert directory.parent == SHIPPED_WEIGHTS and not any(tmp_path.iterdir())  # loaded, nothing trained
+    assert clf.probes is not None and clf.probes.config == config.probes
+    assert clf.probes.dx.shape == (10, 1, 28, 28) and clf.probes.dy.shape == (10, 10, 10)
+    assert meta["clean_accuracy"] > 0.99 and len(meta["probe_loss"]) == config.epochs
     assert accuracy(clf, data.test) == pytest.approx(meta["clean_accuracy"], abs=1e-4)
 
 

@@ -6,12 +6,8 @@ import torch
 from torch import nn
 
 from neuroprint.data import DataSplits
-from neuroprint.detectors.influence import (
-    LastLayerInfluence,
-    LissaConfig,
-    forward_with_embedding,
-    lissa_influence,
-)
+from neuroprint.detectors.influence import LastLayerInfluence, forward_with_embedding
+from neuroprint.detectors.lissa import LissaConfig, lissa_influence
 from neuroprint.detectors.nnif import M_GRID, NNIFDetector
 from neuroprint.detectors.ranks import ranks_and_distances, squared_distances
 from neuroprint.errors import ConfigError, InputError

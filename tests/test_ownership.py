@@ -1,4 +1,4 @@
-"""Ownership: conferrability, CEM constraints, fingerprint files, verification (local and HTTP), IPGuard, removals."""
+"""Ownership: conferrability, CEM constraints, query-set files, verification (local and HTTP), IPGuard, removals."""
 from __future__ import annotations
 
 import json
@@ -16,14 +16,14 @@ from neuroprint.models import Classifier, build_model
 from neuroprint.models.training import TrainConfig, train
 from neuroprint.ownership import (
     CEMConfig,
-    Fingerprint,
     HTTPSuspect,
     IPGuardConfig,
     LocalSuspect,
+    QuerySet,
     cae_accuracy,
     conferrability,
-    generate_cem_fingerprint,
-    generate_ipguard_fingerprint,
+    generate_cem_queries,
+    generate_ipguard_queries,
     make_removal,
     run_cem,
     transfer,
@@ -36,8 +36,8 @@ from neuroprint.ownership.experiment import (
     run_ownership,
     split_owner_data,
 )
-from neuroprint.ownership.fingerprint import select_balanced
 from neuroprint.ownership.ipguard import ipguard_loss
+from neuroprint.ownership.queries import select_balanced
 from neuroprint.ownership.removal import source_labels
 from neuroprint.ownership.report import markdown_table, write_outputs
 from neuroprint.ownership.scoring import SuspectResult, auc_against_references
@@ -97,19 +97,19 @@ def test_cem_config_validates_and_offers_the_sensitivity_weights() -> None:
             CEMConfig(**bad)  # type: ignore[arg-type]
 
 
-def test_cem_fingerprint_is_adversarial_balanced_and_round_trips(
+def test_cem_queries_are_adversarial_balanced_and_round_trips(
     tmp_path, digits: DataSplits, tiny_classifier: Classifier, local_models: tuple[list[Classifier], list[Classifier]]
 ) -> None:
     surrogates, references = local_models
     config = CEMConfig(eps=0.3, steps=60, lr=0.05, beta=10.0)
-    fp = generate_cem_fingerprint(tiny_classifier, surrogates, references, digits.val.x, digits.val.y, size=30,
-                                  tau=0.5, config=config, progress=False)
-    assert 0 < len(fp) <= 30
-    assert torch.equal(tiny_classifier.predict(fp.x), fp.target)  # the target is the source's label
-    assert fp.meta["n_passed"] >= len(fp) and fp.meta["local_conferrability_mean"] >= 0.5
-    fp.save(tmp_path / "fp")
-    loaded = Fingerprint.load(tmp_path / "fp")
-    assert torch.equal(loaded.x, fp.x) and torch.equal(loaded.target, fp.target) and loaded.method == "cem"
+    queries = generate_cem_queries(tiny_classifier, surrogates, references, digits.val.x, digits.val.y, size=30,
+                                   tau=0.5, config=config, progress=False)
+    assert 0 < len(queries) <= 30
+    assert torch.equal(tiny_classifier.predict(queries.x), queries.target)  # the target is the source's label
+    assert queries.meta["n_passed"] >= len(queries) and queries.meta["local_conferrability_mean"] >= 0.5
+    queries.save(tmp_path / "queries")
+    loaded = QuerySet.load(tmp_path / "queries")
+    assert torch.equal(loaded.x, queries.x) and torch.equal(loaded.target, queries.target) and loaded.method == "cem"
     assert verify(LocalSuspect(tiny_classifier), loaded, rho=0.9).is_surrogate
 
 
@@ -117,8 +117,8 @@ def test_generation_that_keeps_nothing_says_why(digits: DataSplits, tiny_classif
                                                 local_models: tuple[list[Classifier], list[Classifier]]) -> None:
     surrogates, references = local_models
     with pytest.raises(InputError, match="no CEM example reached conferrability"):
-        generate_cem_fingerprint(tiny_classifier, surrogates, references, digits.val.x[:8], digits.val.y[:8],
-                                 tau=1.0, config=CEMConfig(eps=0.01, steps=2), progress=False)
+        generate_cem_queries(tiny_classifier, surrogates, references, digits.val.x[:8], digits.val.y[:8],
+                             tau=1.0, config=CEMConfig(eps=0.01, steps=2), progress=False)
 
 
 def test_select_balanced_takes_turns_across_classes() -> None:
@@ -128,26 +128,26 @@ def test_select_balanced_takes_turns_across_classes() -> None:
     assert chosen.tolist() == [1, 3, 4, 5, 6]  # best of each class first, then the next best of classes 0 and 2
 
 
-def test_empty_or_bad_fingerprints_are_rejected(tmp_path) -> None:
+def test_empty_or_bad_query_sets_are_rejected(tmp_path) -> None:
     with pytest.raises(InputError, match="empty"):
-        Fingerprint(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), "cem")
+        QuerySet(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), "cem")
     with pytest.raises(InputError, match="int64"):
-        Fingerprint(torch.zeros(2, 1, 8, 8), torch.zeros(2), "cem")
+        QuerySet(torch.zeros(2, 1, 8, 8), torch.zeros(2), "cem")
     with pytest.raises(InputError, match="does not exist"):
-        Fingerprint.load(tmp_path / "missing")
-    Fingerprint(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), "cem").save(tmp_path / "fp")
-    (tmp_path / "fp" / "fingerprint.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(InputError, match="cannot read fingerprint tensors"):
-        Fingerprint.load(tmp_path / "fp")
+        QuerySet.load(tmp_path / "missing")
+    QuerySet(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), "cem").save(tmp_path / "queries")
+    (tmp_path / "queries" / "queries.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(InputError, match="cannot read query-set tensors"):
+        QuerySet.load(tmp_path / "queries")
 
 
 def test_verification_rejects_a_suspect_that_cannot_take_the_inputs(tiny_classifier: Classifier) -> None:
     lenet = Classifier(build_model("lenet5"))  # expects 28 x 28 inputs
-    fp = Fingerprint(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), "cem")
+    queries = QuerySet(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), "cem")
     with pytest.raises(InputError, match="cannot take inputs of shape"):
-        cae_accuracy(LocalSuspect(lenet), fp)
+        cae_accuracy(LocalSuspect(lenet), queries)
     with pytest.raises(ConfigError, match="rho"):
-        verify(LocalSuspect(tiny_classifier), fp, rho=1.5)
+        verify(LocalSuspect(tiny_classifier), queries, rho=1.5)
 
 
 @pytest.fixture()
@@ -190,16 +190,16 @@ def http_suspect(tiny_classifier: Classifier) -> Iterator[str]:
 def test_http_suspect_matches_the_local_verdict(http_suspect: str, digits: DataSplits,
                                                 tiny_classifier: Classifier) -> None:
     x = digits.test.x[:50]
-    fp = Fingerprint(x, tiny_classifier.predict(x), "cem")
-    remote = verify(HTTPSuspect(http_suspect, batch_size=16), fp)
-    local = verify(LocalSuspect(tiny_classifier), fp)
+    queries = QuerySet(x, tiny_classifier.predict(x), "cem")
+    remote = verify(HTTPSuspect(http_suspect, batch_size=16), queries)
+    local = verify(LocalSuspect(tiny_classifier), queries)
     assert remote == local and remote.cae_acc == 1.0
-    flipped = Fingerprint(x, (fp.target + 1) % 10, "cem")
+    flipped = QuerySet(x, (queries.target + 1) % 10, "cem")
     assert verify(HTTPSuspect(http_suspect, batch_size=16), flipped).cae_acc == 0.0
 
 
 def test_http_suspect_errors_are_one_line(http_suspect: str) -> None:
-    wrong_shape = Fingerprint(torch.rand(3, 1, 28, 28), torch.zeros(3, dtype=torch.long), "cem")
+    wrong_shape = QuerySet(torch.rand(3, 1, 28, 28), torch.zeros(3, dtype=torch.long), "cem")
     with pytest.raises(InputError, match="answered HTTP 400.*1, 8, 8"):
         cae_accuracy(HTTPSuspect(http_suspect), wrong_shape)
     with pytest.raises(InputError, match="cannot reach"):
@@ -217,11 +217,11 @@ def test_ipguard_loss_is_zero_exactly_in_the_wanted_region() -> None:
     assert loss[2] == pytest.approx(3.0)  # class 0 beats i by 3
 
 
-def test_ipguard_fingerprint_points_carry_the_source_label(digits: DataSplits, tiny_classifier: Classifier) -> None:
-    fp = generate_ipguard_fingerprint(tiny_classifier, digits.val.x[:40], size=20,
-                                      config=IPGuardConfig(k=0.2, steps=100, lr=0.05), progress=False)
-    assert 0 < len(fp) <= 20 and fp.method == "ipguard"
-    assert cae_accuracy(LocalSuspect(tiny_classifier), fp) == 1.0
+def test_ipguard_queries_carry_the_source_label(digits: DataSplits, tiny_classifier: Classifier) -> None:
+    queries = generate_ipguard_queries(tiny_classifier, digits.val.x[:40], size=20,
+                                       config=IPGuardConfig(k=0.2, steps=100, lr=0.05), progress=False)
+    assert 0 < len(queries) <= 20 and queries.method == "ipguard"
+    assert cae_accuracy(LocalSuspect(tiny_classifier), queries) == 1.0
 
 
 @pytest.mark.parametrize("spec", [

@@ -122,7 +122,7 @@ def test_tables_are_the_ones_the_commands_print(runs: dict[str, Run]) -> None:
     ("evaluation", 4 + len(ATTACKS), 3,
      ["Detection", "ROC curves", "Score distributions", "Examples", "Attacks", "All metrics", "Provenance"]),
     ("robustness", 4, 1, ["Adaptive attacks", "Worst case", "Convergence", "Every attack", "Provenance"]),
-    ("ownership", 4, 2, ["Ownership verification", "ROC curve", "CAEAcc per suspect", "Fingerprints", "Provenance"]),
+    ("ownership", 4, 2, ["Ownership verification", "ROC curve", "CAEAcc per suspect", "Query sets", "Provenance"]),
 ])
 def test_each_kind_has_every_table_and_figure(records: dict[str, dict[str, Any]], kind: str, tables: int,
                                               figures: int, titles: list[str]) -> None:
@@ -155,6 +155,17 @@ def test_kind_is_read_from_the_fields_of_older_records(records: dict[str, dict[s
         assert record_kind({k: v for k, v in record.items() if k != "kind"}) == kind
     with pytest.raises(InputError, match="x.json is not a neuroprint record"):
         record_kind({"results": []}, "x.json")
+
+
+def test_ownership_records_that_name_their_query_sets_fingerprints_still_build(
+    records: dict[str, dict[str, Any]],
+) -> None:
+    """Ownership records written before the rename (experiments/results/ownership) hold "fingerprints"."""
+    old = {k: v for k, v in records["ownership"].items() if k not in ("kind", "query_sets")}
+    old["fingerprints"] = records["ownership"]["query_sets"]
+    assert record_kind(old) == "ownership"
+    assert ownership_report.report_from_json(old).query_sets == records["ownership"]["query_sets"]
+    assert "<h2>Query sets</h2>" in report_html([record_part(old)])
 
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

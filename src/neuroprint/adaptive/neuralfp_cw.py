@@ -1,18 +1,18 @@
 """Adaptive-CW-L2 against NeuralFP (Dathathri, Zheng et al., arXiv 1803.03870, section 3.4, eq. 29).
 
-A white-box attacker who knows the model, its fingerprints (dx, dy), the distance D and the threshold tau solves
+A white-box attacker who knows the model, its probes (dx, dy), the distance D and the threshold tau solves
 
     min_{x'}  ||x' - x||_2^2 + gamma * (L_CW(x', t) + L_fp(x', t))
 
 for a target class t != y, with L_CW = max(max_{j != t} Z_j(x') - Z_t(x'), -kappa) on the logits Z, and
-L_fp(x', t) = mean_i ||F(x', dx_i) - dy[i, t]||_2^2, the fingerprint loss the model was trained with, evaluated with
-the detector's own per-example normalisation and pixel clipping (`neuroprint.models.fingerprints`). Aimed
-correctly: the attacker matches the fingerprints of its *target* class, which the prediction on x' will be (the
+L_fp(x', t) = mean_i ||F(x', dx_i) - dy[i, t]||_2^2, the probe loss the model was trained with, evaluated with
+the detector's own per-example normalisation and pixel clipping (`neuroprint.models.probes`). Aimed
+correctly: the attacker matches the probe targets of its *target* class, which the prediction on x' will be (the
 reference code first used the true class, a mistake it fixed late).
 
 x' = low + (high - low) * (tanh(w) + 1) / 2 keeps the box; Adam on w; a per-example bisection over gamma in
 [1e-3, 1e6] (`search_steps` rounds) keeps the smallest perturbation that reaches t *and* stays under tau; where
-none does, the iterate reaching t with the lowest fingerprint distance (the clean image when t is never reached).
+none does, the iterate reaching t with the lowest probe distance (the clean image when t is never reached).
 Not a registry entry: it needs the defender's threshold, so build it in code.
 
 Example:
@@ -28,16 +28,16 @@ import torch
 
 from neuroprint.attacks.base import Attack
 from neuroprint.checks import check_float, check_int, check_seed
-from neuroprint.detectors.neuralfp import model_fingerprints
+from neuroprint.detectors.neuralfp import model_probes
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
-from neuroprint.models.fingerprints import fingerprint_distances, fingerprint_responses
+from neuroprint.models.probes import probe_distances, probe_responses
 
 GAMMA_RANGE = (1e-3, 1e6)  # the paper's bisection range
 
 
 class AdaptiveCWNeuralFP(Attack):
-    """Targeted CW-L2 that also matches the target class's NeuralFP fingerprints (see the module docstring).
+    """Targeted CW-L2 that also matches the target class's NeuralFP probes (see the module docstring).
 
     Args:
         threshold: the defender's tau (`NeuralFPDetector.threshold_`); success needs D_t(x') <= tau, which keeps
@@ -73,10 +73,10 @@ class AdaptiveCWNeuralFP(Attack):
         )
 
     def _check_classifier(self, classifier: Classifier) -> None:
-        model_fingerprints(classifier)  # ConfigError unless the model was trained with fingerprints
+        model_probes(classifier)  # ConfigError unless the model was trained with probes
 
     def _perturb(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fingerprints = model_fingerprints(classifier)
+        probes = model_probes(classifier)
         low, high = classifier.bounds
         k = classifier.num_classes
         target = (y + torch.randint(1, k, y.shape, device=y.device)) % k  # uniform over the classes != y
@@ -86,7 +86,7 @@ class AdaptiveCWNeuralFP(Attack):
         best = x.clone()
         best_l2 = torch.full_like(gamma, math.inf)  # smallest perturbation that reached t undetected
         best_distance = torch.full_like(gamma, math.inf)  # fallback: lowest D among iterates that reached t
-        dy_target = fingerprints.dy.to(x.device)[:, target].transpose(0, 1)  # [B, n, K]
+        dy_target = probes.dy.to(x.device)[:, target].transpose(0, 1)  # [B, n, K]
         is_target = torch.nn.functional.one_hot(target, k).bool()  # [B, K]
         for _ in range(self.params["search_steps"]):
             w = w0.clone().requires_grad_(True)
@@ -94,7 +94,7 @@ class AdaptiveCWNeuralFP(Attack):
             succeeded = torch.zeros_like(gamma, dtype=torch.bool)
             for _ in range(self.params["steps"]):
                 adv = low + (high - low) * (torch.tanh(w) + 1) / 2
-                logits, responses = fingerprint_responses(classifier, adv, fingerprints, classifier.bounds)
+                logits, responses = probe_responses(classifier, adv, probes, classifier.bounds)
                 l2 = (adv - x).flatten(1).pow(2).sum(1)
                 target_logit = logits.gather(1, target[:, None]).squeeze(1)
                 other = logits.masked_fill(is_target, -math.inf).amax(1)
@@ -105,7 +105,7 @@ class AdaptiveCWNeuralFP(Attack):
                 loss.backward()
                 optimizer.step()
                 with torch.no_grad():
-                    distance = fingerprint_distances(responses, fingerprints).gather(1, target[:, None]).squeeze(1)
+                    distance = probe_distances(responses, probes).gather(1, target[:, None]).squeeze(1)
                     reached = logits.argmax(1) == target
                     undetected = reached & (distance <= self.params["threshold"])
                     succeeded |= undetected

@@ -32,6 +32,18 @@ def restore_failures(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
     return torch.where(failed.view(-1, 1, 1, 1), x, x_adv)
 
 
+def c_search_params(binary_search_steps: int, steps: int, confidence: float, initial_const: float,
+                    abort_early: bool) -> dict[str, Any]:
+    """The checked settings that the CW-loss attacks (`cw`, `ead`) share; see `CarliniWagnerL2` for each."""
+    return {
+        "binary_search_steps": check_int("binary_search_steps", binary_search_steps),
+        "steps": check_int("steps", steps),
+        "confidence": check_float("confidence", confidence, 0.0, 1e6, low_open=False),
+        "initial_const": check_float("initial_const", initial_const, 0.0, 1e10),
+        "abort_early": check_bool("abort_early", abort_early),
+    }
+
+
 @register_attack("cw")
 class CarliniWagnerL2(Attack):
     """Carlini & Wagner L2 attack, "Towards Evaluating the Robustness of Neural Networks" (arXiv 1608.04644),
@@ -47,7 +59,7 @@ class CarliniWagnerL2(Attack):
         steps: Adam steps per round (>= 1), default 100.
         stepsize: Adam learning rate in (0, 1], default 0.05.
         confidence: required logit margin (>= 0), default 0.
-        initial_const: first c (> 0), default 1.0.
+        initial_const: first c (> 0), default 1.0 (foolbox's 1e-3 fails on batch-normalised nets).
         abort_early: stop a round when the loss stops decreasing, default True.
     """
 
@@ -63,12 +75,8 @@ class CarliniWagnerL2(Attack):
         abort_early: bool = True,
     ) -> None:
         super().__init__(
-            binary_search_steps=check_int("binary_search_steps", binary_search_steps),
-            steps=check_int("steps", steps),
             stepsize=check_float("stepsize", stepsize, 0.0, 1.0),
-            confidence=check_float("confidence", confidence, 0.0, 1e6, low_open=False),
-            initial_const=check_float("initial_const", initial_const, 0.0, 1e10),
-            abort_early=check_bool("abort_early", abort_early),
+            **c_search_params(binary_search_steps, steps, confidence, initial_const, abort_early),
         )
 
     def _perturb(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -111,15 +119,13 @@ class EAD(Attack):
     Examples" (arXiv 1709.04114), via foolbox's `EADAttack`: ISTA on ``c * CW-loss + ||delta||_2^2 +
     beta * ||delta||_1`` with a binary search over c; the best example is chosen by the elastic-net rule.
 
+    `binary_search_steps`, `confidence`, `initial_const` and `abort_early` mean what they mean for `cw`, with the
+    same defaults; `steps` (default 100) are ISTA steps per round.
+
     Args:
-        binary_search_steps: rounds of the search over c (>= 1), default 5.
-        steps: ISTA steps per round (>= 1), default 100.
         initial_stepsize: first ISTA step size in (0, 1], default 0.01.
-        confidence: required logit margin (>= 0), default 0.
-        initial_const: first c (> 0), default 1.0 (foolbox's 1e-3 fails on batch-normalised nets).
         regularization: L1 weight beta (>= 0), default 0.01.
         decision_rule: "EN" (elastic net) or "L1", default "EN".
-        abort_early: stop a round when the loss stops decreasing, default True.
     """
 
     norm = "l1"
@@ -136,14 +142,10 @@ class EAD(Attack):
         abort_early: bool = True,
     ) -> None:
         super().__init__(
-            binary_search_steps=check_int("binary_search_steps", binary_search_steps),
-            steps=check_int("steps", steps),
             initial_stepsize=check_float("initial_stepsize", initial_stepsize, 0.0, 1.0),
-            confidence=check_float("confidence", confidence, 0.0, 1e6, low_open=False),
-            initial_const=check_float("initial_const", initial_const, 0.0, 1e10),
             regularization=check_float("regularization", regularization, 0.0, 1e6, low_open=False),
             decision_rule=check_choice("decision_rule", decision_rule, ("EN", "L1")),
-            abort_early=check_bool("abort_early", abort_early),
+            **c_search_params(binary_search_steps, steps, confidence, initial_const, abort_early),
         )
 
     def _perturb(self, classifier: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -111,8 +111,7 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
     max_images: Annotated[int, typer.Option(help="images per request")] = 256,
     workers: Annotated[int, typer.Option(help="model threads scoring micro-batches at once, each with "
-                                              "CPUs / workers torch threads (2: more throughput on few cores, "
-                                              "see BENCHMARKS.md)")] = 1,
+                                              "CPUs / workers torch threads (see BENCHMARKS.md)")] = 2,
     max_body_mb: Annotated[float, typer.Option(help="request body limit (MiB)")] = 8.0,
     timeout_s: Annotated[float, typer.Option(help="scoring time limit per request (seconds)")] = 30.0,
     attack: Annotated[bool, typer.Option("--attack/--no-attack", help="the web page's server-side PGD button")] = True,
@@ -123,7 +122,7 @@ def serve(
     import uvicorn
 
     from neuroprint.guard import Guard
-    from neuroprint.guard.heap import bound_heap_growth
+    from neuroprint.guard.heap import cap_arenas
     from neuroprint.guard.service import ServiceSettings, create_app
 
     if not 0 < port < 65536:
@@ -142,7 +141,7 @@ def serve(
     # Several model threads get one share of the cores each: a thread that waits for the event loop stalls only
     # itself, not every OpenMP thread of one model (BENCHMARKS.md, guard service).
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    bound_heap_growth(arenas=workers + 1)  # the model threads and the event loop
+    cap_arenas(workers + 1)  # the model threads and the event loop
     guard = Guard.load(guard_dir, checkpoint, draws="seeded" if seeded else "secure")
     settings = ServiceSettings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_images=max_images,
                                max_batch=max_batch, workers=workers, max_wait_ms=max_wait_ms, timeout_s=timeout_s,

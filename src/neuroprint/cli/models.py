@@ -32,30 +32,31 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate (x0.1 from --lr-drop-epoch)")] = 1e-3,
     lr_drop_epoch: Annotated[int, typer.Option(help="0-based epoch from which lr is divided by 10")] = 3,
     seed: Seed = 0,
-    fingerprints: Annotated[int, typer.Option(help="NeuralFP: train with this many secret fingerprints (0 = off)")] = 0,
-    fp_eps: Annotated[float, typer.Option(help="NeuralFP: fingerprint amplitude in pixel units, in (0, 1)")] = 0.006,
-    fp_pattern: Annotated[str, typer.Option(help="NeuralFP: target pattern, paper or random-sign")] = "paper",
-    fp_weight: Annotated[float, typer.Option(help="NeuralFP: weight of the fingerprint loss")] = 1.0,
-    fp_per_step: Annotated[int | None, typer.Option(help="NeuralFP: directions per training step (default all)")] = None,
-    fp_directions: Annotated[str, typer.Option(help="NeuralFP: dx pixels in [-eps, eps] (symmetric, the paper) or "
-                                                    "[0, eps) (positive, the reference code)")] = "symmetric",
+    probes: Annotated[int, typer.Option(help="train with this many secret NeuralFP probes (0 = off)")] = 0,
+    probe_eps: Annotated[float, typer.Option(help="NeuralFP probes: amplitude in pixel units, in (0, 1)")] = 0.006,
+    probe_pattern: Annotated[str, typer.Option(help="NeuralFP probes: target pattern, paper or random-sign")] = "paper",
+    probe_weight: Annotated[float, typer.Option(help="NeuralFP probes: weight of the probe loss")] = 1.0,
+    probes_per_step: Annotated[int | None, typer.Option(help="NeuralFP probes: directions per training step "
+                                                              "(default all)")] = None,
+    probe_directions: Annotated[str, typer.Option(help="NeuralFP probes: dx pixels in [-eps, eps] (symmetric, the "
+                                                       "paper) or [0, eps) (positive, the reference code)")] = "symmetric",
     out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint directory to write")] = Path("runs/models/mnist-net"),
     device: Device = "cpu",
 ) -> None:
-    """Train a classifier; writes a checkpoint (model.safetensors + model.json; fingerprints.safetensors too)."""
+    """Train a classifier; writes a checkpoint (model.safetensors, model.json; probes.safetensors too)."""
     from neuroprint.data import load_dataset
     from neuroprint.models.checkpoint import save_checkpoint, train_model
-    from neuroprint.models.fingerprints import FingerprintConfig
+    from neuroprint.models.probes import ProbeConfig
     from neuroprint.models.training import TrainConfig
 
-    if fingerprints < 0:
-        raise ConfigError(f"--fingerprints must be >= 1 (or 0 for a plain model), got {fingerprints}")
-    fingerprint = None
-    if fingerprints:
-        fingerprint = FingerprintConfig(n=fingerprints, eps=fp_eps, pattern=fp_pattern, weight=fp_weight, seed=seed,
-                                        per_step=fp_per_step, directions=fp_directions)
+    if probes < 0:
+        raise ConfigError(f"--probes must be >= 1 (or 0 for a plain model), got {probes}")
+    probe_config = None
+    if probes:
+        probe_config = ProbeConfig(n=probes, eps=probe_eps, pattern=probe_pattern, weight=probe_weight, seed=seed,
+                                   per_step=probes_per_step, directions=probe_directions)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_drop_epoch=lr_drop_epoch, seed=seed,
-                         fingerprint=fingerprint)
+                         probes=probe_config)
     data = load_dataset(dataset, **dataset_options(data_path))
     clf, meta = train_model(model, data, config, device=device)
     save_checkpoint(clf, out, meta)

@@ -1,4 +1,4 @@
-"""`neuroprint ownership generate | verify | evaluate`: fingerprint a source model, check a suspect, run the study."""
+"""`neuroprint ownership generate | verify | evaluate`: make a query set for a source model, check a suspect, run the study."""
 from __future__ import annotations
 
 import hashlib
@@ -23,11 +23,11 @@ Tau = Annotated[float, typer.Option(help="minimum conferrability on the local mo
 Weights = Annotated[str, typer.Option(help="CEM loss weights: paper (alpha=beta=gamma=1) or sensitivity (1, 0.1, 0.1)")]
 Beta = Annotated[float | None, typer.Option(help="override the CEM weight beta (moving the source off its label)")]
 Steps = Annotated[int, typer.Option(help="Adam steps of CEM / IPGuard")]
-Size = Annotated[int, typer.Option(help="fingerprint inputs to keep")]
+Size = Annotated[int, typer.Option(help="ownership queries to keep (query-set size)")]
 Candidates = Annotated[int, typer.Option(help="validation images to start from")]
 Epochs = Annotated[int, typer.Option(help="training epochs of every model trained here")]
 Seed = Annotated[int, typer.Option(help="random seed (data split, model seeds, CEM dropout)")]
-CacheDir = Annotated[Path, typer.Option(help="cache of trained models and fingerprints")]
+CacheDir = Annotated[Path, typer.Option(help="cache of trained models and query sets")]
 
 
 def _cem_config(eps: float, steps: int, weights: str, beta: float | None, seed: int) -> CEMConfig:
@@ -47,7 +47,7 @@ def _cem_config(eps: float, steps: int, weights: str, beta: float | None, seed: 
 @ownership_app.command("generate")
 def generate(
     source: Annotated[Path, typer.Option("--source", "-s", help="source model checkpoint (neuroprint train)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="fingerprint directory to write")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="query-set directory to write")],
     method: Annotated[str, typer.Option(help="cem or ipguard")] = "cem",
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="the defender's dataset")] = "mnist",
     surrogate: Annotated[list[Path] | None, typer.Option(help="local surrogate checkpoint (repeatable); "
@@ -67,14 +67,14 @@ def generate(
     seed: Seed = 0,
     cache_dir: CacheDir = Path("runs/cache/ownership"),
 ) -> None:
-    """Generate a fingerprint of a source model from the dataset's validation images."""
+    """Generate a query set (ownership queries) for a source model from the dataset's validation images."""
     import torch
 
     from neuroprint.data import load_dataset
     from neuroprint.models.checkpoint import load_checkpoint
     from neuroprint.ownership.experiment import ModelCache, local_models
-    from neuroprint.ownership.generate import generate_cem_fingerprint
-    from neuroprint.ownership.ipguard import IPGuardConfig, generate_ipguard_fingerprint
+    from neuroprint.ownership.generate import generate_cem_queries
+    from neuroprint.ownership.ipguard import IPGuardConfig, generate_ipguard_queries
 
     if method not in ("cem", "ipguard"):
         raise ConfigError(f"unknown --method {method!r}; valid: cem, ipguard")
@@ -85,7 +85,7 @@ def generate(
     data = load_dataset(dataset)
     val = data.val.subset(torch.arange(min(n_candidates, len(data.val))))
     if method == "ipguard":
-        fp = generate_ipguard_fingerprint(model, val.x, size, IPGuardConfig(k=k, steps=steps, seed=seed))
+        queries = generate_ipguard_queries(model, val.x, size, IPGuardConfig(k=k, steps=steps, seed=seed))
     else:
         config = _cem_config(eps, steps, weights, beta, seed)
         if surrogate and reference:
@@ -98,32 +98,32 @@ def generate(
             recipe = {"role": "source", "checkpoint": weights_hash}
             surrogates, references = local_models(model, recipe, meta["architecture"], data, n_local, n_local, epochs,
                                                   ModelCache(cache_dir, lambda m: typer.echo(m, err=True)))
-        fp = generate_cem_fingerprint(model, surrogates, references, val.x, val.y, size, tau, config)
-    fp.meta["source_checkpoint"] = str(source)
-    fp.save(out)
-    typer.echo(f"{method} fingerprint of {len(fp)} inputs written to {out}")
+        queries = generate_cem_queries(model, surrogates, references, val.x, val.y, size, tau, config)
+    queries.meta["source_checkpoint"] = str(source)
+    queries.save(out)
+    typer.echo(f"{method} query set of {len(queries)} inputs written to {out}")
 
 
 @ownership_app.command("verify")
 def verify(
-    fingerprint: Annotated[Path, typer.Option("--fingerprint", "-f", help="fingerprint directory")],
+    queries: Annotated[Path, typer.Option("--queries", "-q", help="query-set directory (ownership generate)")],
     suspect: Annotated[Path | None, typer.Option(help="suspect model checkpoint directory")] = None,
     url: Annotated[str | None, typer.Option(help="suspect HTTP endpoint answering {\"labels\": [...]} for "
                                             "{\"inputs\": [...]}")] = None,
     rho: Annotated[float, typer.Option(help="CAEAcc threshold in [0, 1] above which the suspect is a surrogate")] = 0.75,
-    batch_size: Annotated[int, typer.Option(help="inputs per query")] = 64,
+    batch_size: Annotated[int, typer.Option(help="queries per request to the suspect")] = 64,
 ) -> None:
-    """Query a suspect with the fingerprint inputs; print its CAEAcc and the verdict (JSON on stdout)."""
+    """Send a suspect the ownership queries of a query set; print its CAEAcc and the verdict (JSON on stdout)."""
     from neuroprint.models.checkpoint import load_checkpoint
-    from neuroprint.ownership.fingerprint import Fingerprint
+    from neuroprint.ownership.queries import QuerySet
     from neuroprint.ownership.verify import HTTPSuspect, LocalSuspect
     from neuroprint.ownership.verify import verify as run_verify
 
     if (suspect is None) == (url is None):
         raise ConfigError("give exactly one suspect: --suspect CHECKPOINT_DIR or --url http://...")
-    fp = Fingerprint.load(fingerprint)
+    query_set = QuerySet.load(queries)
     target = LocalSuspect(load_checkpoint(suspect)[0], batch_size) if suspect is not None else HTTPSuspect(url or "", batch_size)
-    result = run_verify(target, fp, rho)
+    result = run_verify(target, query_set, rho)
     typer.echo(json.dumps({"suspect": str(suspect or url), **result.to_dict()}))
     verdict = "SURROGATE (derived from the source model)" if result.is_surrogate else "not shown to be a surrogate"
     typer.echo(f"CAEAcc {100 * result.cae_acc:.1f}% on {result.n} inputs (rho {100 * rho:.0f}%): {verdict}", err=True)
@@ -151,7 +151,7 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option(help="where results.md, results.json, roc.png and report.html go")] = Path("runs/ownership"),
     cache_dir: CacheDir = Path("runs/cache/ownership"),
 ) -> None:
-    """The full study: source, local models, CEM + IPGuard fingerprints, every removal attack, unseen references."""
+    """The full study: source, local models, CEM + IPGuard query sets, every removal attack, unseen references."""
     from neuroprint.ownership.experiment import (
         DEFAULT_REFERENCES,
         DEFAULT_REMOVALS,

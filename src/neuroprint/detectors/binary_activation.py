@@ -57,8 +57,7 @@ class BinaryActivationDetector(Detector):
 
     Example:
         >>> det = BinaryActivationDetector(layer="conv2").fit(clf, x_val, y_val, x_val_adv)
-        >>> det.score(x_test).shape
-        torch.Size([N])
+        >>> scores = det.score(x_test)  # [N], higher = more adversarial
     """
 
     name = "binary-activation"

@@ -55,8 +55,7 @@ class KDBUDetector(Detector):
 
     Example:
         >>> det = KDBUDetector(bandwidth=1.2).set_training_data(x_train, y_train)
-        >>> det.fit(clf, x_val, y_val, x_val_adv).score(x_test).shape
-        torch.Size([N])
+        >>> scores = det.fit(clf, x_val, y_val, x_val_adv).score(x_test)  # [N], higher = more adversarial
     """
 
     name = "kdbu"

@@ -74,8 +74,7 @@ class LIDDetector(Detector):
 
     Example:
         >>> det = LIDDetector(k=20, batch_size=100).fit(clf, x_val, y_val, x_val_adv)
-        >>> det.score(x_test).shape
-        torch.Size([N])
+        >>> scores = det.score(x_test)  # [N], higher = more adversarial
     """
 
     name = "lid"

@@ -77,8 +77,7 @@ class MahalanobisDetector(Detector):
 
     Example:
         >>> det = MahalanobisDetector().fit(clf, x_val, y_val, x_val_adv)
-        >>> det.score(x_test).shape
-        torch.Size([N])
+        >>> scores = det.score(x_test)  # [N], higher = more adversarial
     """
 
     name = "mahalanobis"

@@ -58,8 +58,7 @@ class NNIFDetector(Detector):
 
     Example:
         >>> det = NNIFDetector().set_training_data(x_train, y_train).fit(clf, x_val, y_val, x_val_adv)
-        >>> det.score(x_test).shape
-        torch.Size([N])
+        >>> scores = det.score(x_test)  # [N], higher = more adversarial
     """
 
     name = "nnif"

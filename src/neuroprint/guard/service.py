@@ -39,6 +39,7 @@ from neuroprint.errors import InputError, NeuroprintError
 from neuroprint.guard import openinference
 from neuroprint.guard.batcher import MicroBatcher
 from neuroprint.guard.guard import Guard, GuardScores
+from neuroprint.guard.heap import HeapTrimmer
 from neuroprint.guard.inputs import image_from_bytes, images_from_lists
 from neuroprint.guard.limits import APIKey, BodyLimit, PayloadTooLarge
 from neuroprint.guard.schemas import AttackRequest, InferRequest, PredictRequest, body_doc
@@ -58,7 +59,7 @@ class ServiceSettings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 256
     max_batch: int = 64
-    workers: int = 1
+    workers: int = 2
     max_wait_ms: float = 5.0
     timeout_s: float = 30.0
     top_k: int | None = None
@@ -88,7 +89,14 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
     """The FastAPI application serving `guard` (see the module doc)."""
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics()
-    batcher = MicroBatcher(guard.score, settings.max_batch, settings.max_wait_ms, metrics.observe_batch,
+    trim_heap = HeapTrimmer()
+
+    def score_batch(x: torch.Tensor) -> GuardScores:
+        scores = guard.score(x)
+        trim_heap()  # in the model thread: the event loop never waits for it
+        return scores
+
+    batcher = MicroBatcher(score_batch, settings.max_batch, settings.max_wait_ms, metrics.observe_batch,
                            settings.workers)
     keys = list(guard.detectors)
     description = {"model": guard.meta.get("model", {}).get("architecture"), "model_name": settings.model_name,

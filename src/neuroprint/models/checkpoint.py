@@ -21,11 +21,11 @@ from neuroprint.data import DataSplits
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.io import atomic_path, git_commit, read_json, versions, write_json
 from neuroprint.models.classifier import Classifier
-from neuroprint.models.fingerprints import NeuralFingerprints
+from neuroprint.models.probes import NeuralFPProbes
 from neuroprint.models.training import TrainConfig, accuracy, train
 from neuroprint.registry import MODELS
 
-WEIGHTS, META, FINGERPRINTS = "model.safetensors", "model.json", "fingerprints.safetensors"
+WEIGHTS, META, PROBES = "model.safetensors", "model.json", "probes.safetensors"
 #: Checkpoints that ship inside the package, trained by `neuroprint train` / `load_or_train` and named by their
 #: `model_key`: `load_or_train` uses one when the requested configuration matches it exactly.
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
@@ -33,8 +33,8 @@ SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 
 def save_checkpoint(classifier: Classifier, directory: str | Path, meta: dict[str, Any]) -> None:
     """Write `classifier`'s weights and `meta` (must include `architecture` and `arch_kwargs`) atomically; a
-    NeuralFP classifier's fingerprints go to `fingerprints.safetensors`, their settings to `model.json`."""
-    fingerprints = classifier.fingerprints
+    NeuralFP classifier's probes go to `probes.safetensors`, their settings to `model.json`."""
+    probes = classifier.probes
     full = {
         **meta,
         "bounds": list(classifier.bounds),
@@ -44,13 +44,13 @@ def save_checkpoint(classifier: Classifier, directory: str | Path, meta: dict[st
         "num_classes": classifier.num_classes,
         "versions": versions(),
         "git": git_commit(),
-        "fingerprints": None if fingerprints is None else fingerprints.meta(),
+        "probes": None if probes is None else probes.meta(),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in classifier.module.state_dict().items()}
     with atomic_path(directory, directory=True) as tmp:
         save_file(state, str(tmp / WEIGHTS))
-        if fingerprints is not None:
-            save_file(fingerprints.tensors(), str(tmp / FINGERPRINTS))
+        if probes is not None:
+            save_file(probes.tensors(), str(tmp / PROBES))
         write_json(tmp / META, full)
 
 
@@ -66,8 +66,8 @@ def load_checkpoint(directory: str | Path) -> tuple[Classifier, dict[str, Any]]:
     module = MODELS.create(meta["architecture"], **meta["arch_kwargs"])
     _load_weights(module, directory / WEIGHTS)
     clf = Classifier(module, bounds=tuple(meta["bounds"]), mean=meta["mean"], std=meta["std"], layers=meta["layers"])
-    if meta.get("fingerprints") is not None:
-        clf.fingerprints = NeuralFingerprints.from_stored(_read_safetensors(directory / FINGERPRINTS, "NeuralFP fingerprints"), meta["fingerprints"])
+    if meta.get("probes") is not None:
+        clf.probes = NeuralFPProbes.from_stored(_read_safetensors(directory / PROBES, "NeuralFP probes"), meta["probes"])
     return clf, meta
 
 
@@ -128,10 +128,8 @@ def _load_weights(module: nn.Module, path: Path) -> None:
 def model_key(architecture: str, dataset: str, config: TrainConfig, arch_kwargs: dict[str, Any]) -> str:
     """Cache key of a trained model: a short hash of everything that decides its weights."""
     settings = asdict(config)
-    if settings["fingerprint"] is None:  # plain models keep the keys they had before NeuralFP existed
-        del settings["fingerprint"]
-    elif settings["fingerprint"]["directions"] == "symmetric":  # and NeuralFP models theirs from before `directions`
-        del settings["fingerprint"]["directions"]
+    if settings["probes"] is None:  # plain models keep the keys they had before NeuralFP existed
+        del settings["probes"]
     blob = json.dumps({"a": architecture, "d": dataset, "k": arch_kwargs, "c": settings}, sort_keys=True)
     return f"{architecture}-{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
@@ -164,7 +162,7 @@ def train_model(
         "train_config": asdict(config),
         "val_accuracy": history.val_accuracy,
         "epoch_seconds": history.epoch_seconds,
-        "fingerprint_loss": history.fingerprint_loss,
+        "probe_loss": history.probe_loss,
         "clean_accuracy": accuracy(clf, data.test),
     }
     return clf, meta
@@ -181,8 +179,8 @@ def load_or_train(
     """Reuse the cached (or shipped, `SHIPPED_WEIGHTS`) model for this exact configuration, or train and cache it.
     Returns (model, meta, dir)."""
     c, h, _ = data.image_shape
-    probe_kwargs = {"in_channels": c, "num_classes": data.num_classes, "image_size": h}
-    key = model_key(architecture, data.name, config, probe_kwargs)
+    key_kwargs = {"in_channels": c, "num_classes": data.num_classes, "image_size": h}
+    key = model_key(architecture, data.name, config, key_kwargs)
     for directory in (Path(cache_dir) / key, SHIPPED_WEIGHTS / key):
         if (directory / META).is_file():
             clf, meta = load_checkpoint(directory)

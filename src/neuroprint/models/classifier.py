@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.models.fingerprints import NeuralFingerprints
+from neuroprint.models.probes import NeuralFPProbes
 
 
 class Classifier(nn.Module):
@@ -53,8 +53,8 @@ class Classifier(nn.Module):
             raise ConfigError(f"unknown layer(s) {unknown}; valid: {', '.join(n for n in names if n)}")
         self.layers: tuple[str, ...] = tuple(layers)
         self._num_classes = num_classes if num_classes is not None else _last_linear_width(module)
-        #: NeuralFP fingerprints the network was trained to respond to (set by training, saved with checkpoints).
-        self.fingerprints: NeuralFingerprints | None = None
+        #: NeuralFP probes the network was trained to respond to (set by training, saved with checkpoints).
+        self.probes: NeuralFPProbes | None = None
         self.eval()
 
     @property

@@ -12,12 +12,7 @@ from tqdm.auto import tqdm
 from neuroprint.data.base import Split
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
-from neuroprint.models.fingerprints import (
-    FingerprintConfig,
-    NeuralFingerprints,
-    fingerprint_loss,
-    fingerprint_responses,
-)
+from neuroprint.models.probes import NeuralFPProbes, ProbeConfig, probe_loss, probe_responses
 
 
 @dataclass
@@ -29,7 +24,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_drop_epoch: int = 3  # multiply lr by 0.1 from this epoch on (0-based); accuracy wobbles without it
     seed: int = 0
-    fingerprint: FingerprintConfig | None = None  # NeuralFP: train the model to respond to secret fingerprints
+    probes: ProbeConfig | None = None  # NeuralFP: train the model to respond to secret probes
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -43,7 +38,7 @@ class TrainConfig:
 class TrainHistory:
     train_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
-    fingerprint_loss: list[float] = field(default_factory=list)  # NeuralFP L_fp per epoch (training mean)
+    probe_loss: list[float] = field(default_factory=list)  # NeuralFP L_fp per epoch (training mean)
     epoch_seconds: list[float] = field(default_factory=list)
 
 
@@ -70,11 +65,11 @@ def train(
     Parameters with ``requires_grad=False`` stay frozen. `perturb` (evaluated with the model in eval mode) replaces
     each batch before the step: adversarial training passes an attack here.
 
-    With `config.fingerprint` set (NeuralFP, Dathathri et al. eq. 14) the loss is cross-entropy + weight * L_fp,
-    evaluated in one forward pass over each batch and its n fingerprint-perturbed copies; the fingerprints are
-    drawn from the config (unless the classifier already holds some) and attached to `classifier.fingerprints`.
+    With `config.probes` set (NeuralFP, Dathathri et al. eq. 14) the loss is cross-entropy + weight * L_fp,
+    evaluated in one forward pass over each batch and its n probe-perturbed copies; the probes are drawn from
+    the config (unless the classifier already holds some) and attached to `classifier.probes`.
     """
-    fingerprints = _attach_fingerprints(classifier, config.fingerprint, train_split)
+    probes = _attach_probes(classifier, config.probes, train_split)
     classifier.to(memory_format=torch.channels_last)  # ~1.3x faster CPU convolutions (docs/benchmarks/speed.md, training)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -86,7 +81,7 @@ def train(
     for epoch in range(config.epochs):
         classifier.train()
         order = torch.randperm(n, generator=generator)
-        total, total_fp, started = 0.0, 0.0, time.perf_counter()
+        total, total_probe, started = 0.0, 0.0, time.perf_counter()
         bar = tqdm(range(0, n, config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
         for start in bar:
             idx = order[start : start + config.batch_size]
@@ -98,28 +93,28 @@ def train(
                 x = perturb(classifier, x, y).detach()
                 classifier.train()
             optimizer.zero_grad()
-            if fingerprints is None:
+            if probes is None:
                 loss = loss_fn(classifier(x), y)
             else:
-                directions = _directions(fingerprints, generator)
-                logits, responses = fingerprint_responses(classifier, x, fingerprints, classifier.bounds, directions)
-                fp_loss = fingerprint_loss(responses, y, fingerprints, directions)
-                loss = loss_fn(logits, y) + fingerprints.config.weight * fp_loss
-                total_fp += float(fp_loss.detach()) * len(idx)
+                directions = _directions(probes, generator)
+                logits, responses = probe_responses(classifier, x, probes, classifier.bounds, directions)
+                l_probe = probe_loss(responses, y, probes, directions)
+                loss = loss_fn(logits, y) + probes.config.weight * l_probe
+                total_probe += float(l_probe.detach()) * len(idx)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
-            if fingerprints is not None and start % (20 * config.batch_size) == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", fp_loss=f"{float(fp_loss.detach()):.3f}", refresh=False)
+            if probes is not None and start % (20 * config.batch_size) == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", probe_loss=f"{float(l_probe.detach()):.3f}", refresh=False)
         scheduler.step()
         classifier.eval()
         history.epoch_seconds.append(time.perf_counter() - started)
         history.train_loss.append(total / n)
         history.val_accuracy.append(accuracy(classifier, val_split))
         message = f"epoch {epoch + 1}: loss {history.train_loss[-1]:.4f}, val accuracy {history.val_accuracy[-1]:.4f}"
-        if fingerprints is not None:
-            history.fingerprint_loss.append(total_fp / n)
-            message += f", fingerprint loss {history.fingerprint_loss[-1]:.4f}"
+        if probes is not None:
+            history.probe_loss.append(total_probe / n)
+            message += f", probe loss {history.probe_loss[-1]:.4f}"
         if progress:
             tqdm.write(message)
     classifier.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors only
@@ -127,21 +122,19 @@ def train(
     return history
 
 
-def _attach_fingerprints(
-    classifier: Classifier, config: FingerprintConfig | None, train_split: Split
-) -> NeuralFingerprints | None:
-    """The fingerprints to train with: the classifier's own, or new ones drawn from `config` and attached."""
+def _attach_probes(classifier: Classifier, config: ProbeConfig | None, train_split: Split) -> NeuralFPProbes | None:
+    """The probes to train with: the classifier's own, or new ones drawn from `config` and attached."""
     if config is None:
         return None
-    if classifier.fingerprints is None:
+    if classifier.probes is None:
         shape = tuple(train_split.x.shape[1:])
-        classifier.fingerprints = NeuralFingerprints.sample(config, shape, classifier.num_classes)  # type: ignore[arg-type]
-    return classifier.fingerprints
+        classifier.probes = NeuralFPProbes.sample(config, shape, classifier.num_classes)  # type: ignore[arg-type]
+    return classifier.probes
 
 
-def _directions(fingerprints: NeuralFingerprints, generator: torch.Generator) -> torch.Tensor | None:
-    """The fingerprint directions one training step evaluates: all (None), or a fresh draw of `per_step`."""
-    per_step = fingerprints.config.per_step
-    if per_step is None or per_step == fingerprints.n:
+def _directions(probes: NeuralFPProbes, generator: torch.Generator) -> torch.Tensor | None:
+    """The probe directions one training step evaluates: all (None), or a fresh draw of `per_step`."""
+    per_step = probes.config.per_step
+    if per_step is None or per_step == probes.n:
         return None
-    return torch.randperm(fingerprints.n, generator=generator)[:per_step]
+    return torch.randperm(probes.n, generator=generator)[:per_step]

@@ -14,7 +14,7 @@ projected onto the eps ball around x0 and into the pixel box; the Adam learning 
 (it is not the loss weight, a mistake of one public port).
 
 One deliberate choice (`exclude_source_class`, default on): the max over t skips the source's label on x0. A
-fingerprint's target must differ from that label (only adversarial x' are kept), and with the plain max the
+query's target must differ from that label (only adversarial x' are kept), and with the plain max the
 optimum on MNIST sits at the original class (the references are pushed off it while source and surrogates stay):
 on 128 images at eps 0.25 with the sensitivity weights, 3.9% of the outputs were adversarial with the plain max and
 81% with the mask. With the paper's weights (alpha = beta = gamma = 1) at most 0.8% were adversarial (the surrogate

@@ -2,15 +2,15 @@
 
 The training images are cut in two disjoint halves: the defender's and the attacker's. The defender trains the
 source model and, for CEM, S local surrogates (on the source's labels) and R local references (on true labels),
-all on its half, and generates a CEM and an IPGuard fingerprint from its validation images. The attacker derives
+all on its half, and generates a CEM and an IPGuard query set from its validation images. The attacker derives
 unseen surrogates from the source with every removal attack on its own half; unseen references are trained there
 by independent parties on true labels, with several architectures. Every suspect gets its test accuracy and its
-CAEAcc on both fingerprints; ROC AUC measures how well CAEAcc separates surrogates from references (only models
+CAEAcc on both query sets; ROC AUC measures how well CAEAcc separates surrogates from references (only models
 within `max_accuracy_drop` of the source's accuracy count: an attack that destroys the model removes nothing, and
 a weak reference would be an easy negative). Each model role has its own seed range (`*_SEED`), so no two models
 share initial weights. Optionally, the conferrability of CEM vs FGSM/PGD/CW examples on the unseen models trained
 from scratch is compared per eps.
-Models and fingerprints are cached by a hash of everything that decides them.
+Models and query sets are cached by a hash of everything that decides them.
 """
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from neuroprint.attacks import make_attack
 from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.data import load_dataset
 from neuroprint.data.base import DataSplits, Split
@@ -34,11 +33,11 @@ from neuroprint.io import git_commit, versions
 from neuroprint.models.checkpoint import architecture_kwargs, load_checkpoint, save_checkpoint
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import accuracy
-from neuroprint.ownership.cem import CEMConfig, run_cem
-from neuroprint.ownership.conferrability import conferrability, predictions
-from neuroprint.ownership.fingerprint import Fingerprint
-from neuroprint.ownership.generate import generate_cem_fingerprint
-from neuroprint.ownership.ipguard import IPGuardConfig, generate_ipguard_fingerprint
+from neuroprint.ownership.cem import CEMConfig
+from neuroprint.ownership.comparison import compare_conferrability, unseen_models
+from neuroprint.ownership.generate import generate_cem_queries
+from neuroprint.ownership.ipguard import IPGuardConfig, generate_ipguard_queries
+from neuroprint.ownership.queries import QuerySet
 from neuroprint.ownership.removal import REMOVALS, Removal, make_removal, source_labels, train_from_scratch
 from neuroprint.ownership.scoring import FROM_SCRATCH, SuspectResult, suspects_auc
 from neuroprint.ownership.verify import LocalSuspect, cae_accuracy
@@ -66,7 +65,7 @@ class OwnershipConfig:
     epochs: int = 4
     n_surrogates: int = 3
     n_references: int = 3
-    size: int = 100  # fingerprint inputs
+    size: int = 100  # ownership queries per query set
     n_candidates: int = 500  # validation images CEM and IPGuard start from
     tau: float = 0.9
     cem: CEMConfig = field(default_factory=CEMConfig.sensitivity_weights)  # paper weights: ~1% adversarial on MNIST
@@ -113,7 +112,7 @@ class OwnershipReport:
 
     config: OwnershipConfig
     source_accuracy: float
-    fingerprints: dict[str, dict[str, Any]]
+    query_sets: dict[str, dict[str, Any]]
     suspects: list[SuspectResult]
     auc: dict[str, float]
     conferrability: list[dict[str, Any]]
@@ -128,7 +127,7 @@ class OwnershipReport:
 
 def split_owner_data(data: DataSplits, seed: int, attacker_val: float = 0.08) -> tuple[DataSplits, DataSplits]:
     """Cut `data.train` into the defender's and the attacker's disjoint halves (seeded). The defender keeps
-    `data.val` (fingerprint candidates); the attacker holds out a share `attacker_val` of its half for validation;
+    `data.val` (candidates for the queries); the attacker holds out a share `attacker_val` of its half for validation;
     both share `data.test`."""
     n = len(data.train)
     n_val = max(1, round(attacker_val * n / 2))
@@ -144,7 +143,7 @@ def split_owner_data(data: DataSplits, seed: int, attacker_val: float = 0.08) ->
 
 
 def recipe_key(recipe: dict[str, Any]) -> str:
-    """A short hash of a JSON recipe: everything that decides a cached model or fingerprint."""
+    """A short hash of a JSON recipe: everything that decides a cached model or query set."""
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -203,7 +202,7 @@ def source_model(defender: DataSplits, architecture: str, epochs: int, seed: int
 
 
 def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = print) -> OwnershipReport:
-    """Run the whole experiment (see the module docstring); cached models and fingerprints are reused."""
+    """Run the whole experiment (see the module docstring); cached models and query sets are reused."""
     started = time.perf_counter()
     data = load_dataset(config.dataset)
     defender, attacker = split_owner_data(data, config.seed)
@@ -219,18 +218,18 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
 
     candidates = data.val.subset(torch.arange(min(config.n_candidates, len(data.val))))
     local = {"source": source_recipe, "size": config.size, "n": len(candidates)}
-    fingerprints = {
-        "cem": _cached_fingerprint(
+    query_sets = {
+        "cem": _cached_queries(
             Path(config.cache_dir), {**local, "cem": asdict(config.cem), "tau": config.tau, "S": config.n_surrogates,
                                      "R": config.n_references},
-            lambda: generate_cem_fingerprint(source, surrogates, references, candidates.x, candidates.y, config.size,
-                                             config.tau, config.cem, progress)),
-        "ipguard": _cached_fingerprint(
+            lambda: generate_cem_queries(source, surrogates, references, candidates.x, candidates.y, config.size,
+                                         config.tau, config.cem, progress)),
+        "ipguard": _cached_queries(
             Path(config.cache_dir), {**local, "ipguard": asdict(config.ipguard)},
-            lambda: generate_ipguard_fingerprint(source, candidates.x, config.size, config.ipguard, progress)),
+            lambda: generate_ipguard_queries(source, candidates.x, config.size, config.ipguard, progress)),
     }
-    for method, fp in fingerprints.items():
-        log(f"{method} fingerprint: {len(fp)} inputs, source CAEAcc {100 * cae_accuracy(LocalSuspect(source), fp):.0f}%")
+    for method, queries in query_sets.items():
+        log(f"{method} query set: {len(queries)} inputs, source CAEAcc {100 * cae_accuracy(LocalSuspect(source), queries):.0f}%")
 
     suspects: list[SuspectResult] = []
     models: list[Classifier] = []
@@ -251,15 +250,19 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
                                   spec, attacker, attacker.train, attacker.val, config.epochs, 1e-3, seed))
             name, attack = f"reference {spec} (seed {seed})", ""
         acc = accuracy(model, data.test)
-        cae = {method: cae_accuracy(LocalSuspect(model), fp) for method, fp in fingerprints.items()}
+        cae = {method: cae_accuracy(LocalSuspect(model), queries) for method, queries in query_sets.items()}
         suspects.append(SuspectResult(name, kind, attack, acc, acc >= source_acc - config.max_accuracy_drop, cae,
                                       time.perf_counter() - t0))
         models.append(model)
         log(f"{name}: accuracy {100 * acc:.2f}%, " + ", ".join(f"{m} CAEAcc {100 * v:.0f}%" for m, v in cae.items()))
 
-    auc = {method: suspects_auc(suspects, method) for method in fingerprints}
-    comparison = _compare_conferrability(config, source, candidates, surrogates, references, suspects, models, progress)
-    return OwnershipReport(config, source_acc, {m: {"n": len(fp), **fp.meta} for m, fp in fingerprints.items()},
+    auc = {method: suspects_auc(suspects, method) for method in query_sets}
+    comparison: list[dict[str, Any]] = []
+    if config.compare_eps:
+        comparison = compare_conferrability(
+            source, candidates.subset(torch.arange(min(config.n_compare, len(candidates)))), (surrogates, references),
+            unseen_models(suspects, models), config.compare_eps, config.cem, progress)
+    return OwnershipReport(config, source_acc, {m: {"n": len(q), **q.meta} for m, q in query_sets.items()},
                            suspects, auc, comparison, time.perf_counter() - started)
 
 
@@ -272,52 +275,10 @@ def attacker_removal(spec: str, index: int, seed_base: int = 0) -> Removal:
     return REMOVALS.create(name, **params)
 
 
-def _cached_fingerprint(root: Path, recipe: dict[str, Any], build: Callable[[], Fingerprint]) -> Fingerprint:
-    directory = root / "fingerprints" / recipe_key(recipe)
+def _cached_queries(root: Path, recipe: dict[str, Any], build: Callable[[], QuerySet]) -> QuerySet:
+    directory = root / "queries" / recipe_key(recipe)
     if directory.is_dir():
-        return Fingerprint.load(directory)
-    fingerprint = build()
-    fingerprint.save(directory)
-    return fingerprint
-
-
-def _compare_conferrability(
-    config: OwnershipConfig, source: Classifier, candidates: Split, local_surrogates: list[Classifier],
-    local_references: list[Classifier], suspects: list[SuspectResult], models: list[Classifier], progress: bool,
-) -> list[dict[str, Any]]:
-    """Mean conferrability of successful examples per attack and eps, on the unseen surrogates trained from scratch
-    (`retrain`, `ground-truth`: as in the paper's figure 3a) and the unseen references (all counted)."""
-    if not config.compare_eps:
-        return []
-    unseen_s = [m for s, m in zip(suspects, models, strict=True) if s.counts and s.attack in FROM_SCRATCH]
-    unseen_r = [m for s, m in zip(suspects, models, strict=True) if s.counts and s.kind == "reference"]
-    if not unseen_s or not unseen_r:
-        raise InputError("conferrability needs an unseen surrogate trained from scratch and a reference that kept "
-                         f"their accuracy; got {len(unseen_s)} and {len(unseen_r)}")
-    pool = candidates.subset(torch.arange(min(config.n_compare, len(candidates))))
-    correct = source.predict(pool.x) == pool.y
-    x, y = pool.x[correct], pool.y[correct]
-    rows = []
-    for eps in config.compare_eps:
-        runs: dict[str, Callable[[], torch.Tensor]] = {
-            "cem": lambda eps=eps: run_cem(source, local_surrogates, local_references, x,
-                                           replace(config.cem, eps=eps), progress),
-            "fgsm": lambda eps=eps: make_attack(f"fgsm:eps={eps}")(source, x, y).x_adv,
-            "pgd": lambda eps=eps: make_attack(f"pgd:eps={eps},alpha={eps / 10},steps=40")(source, x, y).x_adv,
-            "cw": lambda eps=eps: _linf_projected(make_attack("cw")(source, x, y).x_adv, x, eps),
-        }
-        for attack, run in runs.items():
-            x_adv = run()
-            target = source.predict(x_adv)
-            ok = target != y
-            score = conferrability(predictions(unseen_s, x_adv[ok]), predictions(unseen_r, x_adv[ok]), target[ok]) \
-                if bool(ok.any()) else torch.zeros(0)
-            rows.append({"eps": eps, "attack": attack, "success_rate": float(ok.float().mean()), "n": int(ok.sum()),
-                         "conferrability": float(score.mean()) if len(score) else float("nan"),
-                         "surrogates": len(unseen_s), "references": len(unseen_r)})
-    return rows
-
-
-def _linf_projected(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """CW-L2 is unbounded in L-inf: clip its output to the eps ball, as for the other attacks."""
-    return x + (x_adv - x).clamp(-eps, eps)
+        return QuerySet.load(directory)
+    queries = build()
+    queries.save(directory)
+    return queries

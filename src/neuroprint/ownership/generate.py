@@ -1,4 +1,4 @@
-"""Fingerprint generation with CEM (Lukas et al. 2021, arXiv 1912.00888, section 4 "Fingerprinting Algorithms").
+"""Query-set generation with CEM (Lukas et al. 2021, arXiv 1912.00888, section 4 "Fingerprinting Algorithms").
 
 CEM runs on correctly classified benign images; an output x' is kept when it is adversarial for the source model
 (its label changed) and its conferrability on the defender's local surrogates and references is >= tau. Its target
@@ -16,10 +16,10 @@ from neuroprint.errors import InputError
 from neuroprint.models.classifier import Classifier
 from neuroprint.ownership.cem import CEMConfig, run_cem
 from neuroprint.ownership.conferrability import conferrability, predictions
-from neuroprint.ownership.fingerprint import Fingerprint, select_balanced
+from neuroprint.ownership.queries import QuerySet, select_balanced
 
 
-def generate_cem_fingerprint(
+def generate_cem_queries(
     source: Classifier,
     surrogates: Sequence[Classifier],
     references: Sequence[Classifier],
@@ -29,8 +29,8 @@ def generate_cem_fingerprint(
     tau: float = 0.9,
     config: CEMConfig | None = None,
     progress: bool = True,
-) -> Fingerprint:
-    """A CEM fingerprint of at most `size` inputs from candidate images `x` `[N, C, H, W]` with labels `y` `[N]`.
+) -> QuerySet:
+    """A CEM query set of at most `size` inputs from candidate images `x` `[N, C, H, W]` with labels `y` `[N]`.
 
     Args:
         tau: minimum conferrability on the local models, in [0, 1] (the paper uses 0.85-0.95).
@@ -61,4 +61,4 @@ def generate_cem_fingerprint(
                          f"adversarial); lower tau, raise eps or the number of candidates")
     chosen = keep[select_balanced(target[keep], score[keep], size, source.num_classes)]
     stats["local_conferrability_mean"] = float(score[chosen].mean())
-    return Fingerprint(x_adv[chosen], target[chosen], "cem", stats)
+    return QuerySet(x_adv[chosen], target[chosen], "cem", stats)

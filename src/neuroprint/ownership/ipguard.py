@@ -1,11 +1,12 @@
 """IPGuard baseline (Cao, Jia and Gong 2019, "IPGuard: Protecting Intellectual Property of Deep Neural Networks via
 Fingerprinting the Classification Boundary", AsiaCCS 2021, arXiv 1910.12903).
 
-IPGuard fingerprints a model with data points near its classification boundary: starting from a benign image of
-class i and a random other class j, Adam minimises ``ReLU(g_i(x) - g_j(x) + k) + ReLU(max_{t != i,j} g_t(x) - g_i(x))``
-over the logits g, which puts x on j's side of the i/j boundary with logit margin k and i as the runner-up.
-Inputs stay in the pixel box (IPGuard has no L-inf budget). The fingerprint label is the source's prediction j;
-verification is the matching rate, which is CAEAcc on this fingerprint (`verify.cae_accuracy`).
+IPGuard's query set (with which the paper fingerprints a model) holds data points near its classification
+boundary: starting from a benign image of class i and a random other class j, Adam minimises
+``ReLU(g_i(x) - g_j(x) + k) + ReLU(max_{t != i,j} g_t(x) - g_i(x))`` over the logits g, which puts x on j's
+side of the i/j boundary with logit margin k and i as the runner-up. Inputs stay in the pixel box (IPGuard has no
+L-inf budget). The target label of a query is the source's prediction j; verification is the matching rate, which
+is CAEAcc on this query set (`verify.cae_accuracy`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from neuroprint.checks import check_float, check_int
 from neuroprint.errors import InputError
 from neuroprint.models.classifier import Classifier, check_images, input_gradients_only
-from neuroprint.ownership.fingerprint import Fingerprint
+from neuroprint.ownership.queries import QuerySet
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ def ipguard_loss(logits: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: floa
     return torch.relu(g_i - g_j + k) + torch.relu(others.max(1).values - g_i)
 
 
-def generate_ipguard_fingerprint(
+def generate_ipguard_queries(
     source: Classifier, x: torch.Tensor, size: int = 100, config: IPGuardConfig | None = None, progress: bool = True
-) -> Fingerprint:
-    """An IPGuard fingerprint of at most `size` inputs grown from the first images of `x` `[N, C, H, W]`.
+) -> QuerySet:
+    """An IPGuard query set of at most `size` inputs grown from the first images of `x` `[N, C, H, W]`.
 
     Only points on which the optimisation converged (loss 0: the source predicts j) are kept.
     """
@@ -67,27 +68,27 @@ def generate_ipguard_fingerprint(
         x0 = x[start : start + config.batch_size].to(source.device)
         i = source.predict(x0).to(source.device)
         j = (i + torch.randint(1, source.num_classes, i.shape, generator=generator).to(i.device)) % source.num_classes
-        x_fp = x0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([x_fp], lr=config.lr)
+        x_query = x0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([x_query], lr=config.lr)
         with input_gradients_only(source):
             for _ in range(config.steps):
-                loss = ipguard_loss(source(x_fp), i, j, config.k)
+                loss = ipguard_loss(source(x_query), i, j, config.k)
                 optimizer.zero_grad()
                 loss.sum().backward()
                 optimizer.step()
                 with torch.no_grad():
-                    x_fp.clamp_(lo, hi)
+                    x_query.clamp_(lo, hi)
         with torch.no_grad():
-            logits = source(x_fp)
+            logits = source(x_query)
             done = (ipguard_loss(logits, i, j, config.k) == 0) & (logits.argmax(1) == j)  # k = 0 allows ties
-        kept_x.append(x_fp.detach()[done].cpu())
+        kept_x.append(x_query.detach()[done].cpu())
         kept_t.append(j[done].cpu())
         n_tried += len(x0)
         bar.update(min(int(done.sum()), size - bar.n))
         if sum(len(t) for t in kept_t) >= size:
             break
     bar.close()
-    fp_x, fp_t = torch.cat(kept_x)[:size], torch.cat(kept_t)[:size]
-    if len(fp_x) == 0:
+    query_x, query_t = torch.cat(kept_x)[:size], torch.cat(kept_t)[:size]
+    if len(query_x) == 0:
         raise InputError(f"IPGuard converged on none of {n_tried} images; raise steps or lr, or lower k")
-    return Fingerprint(fp_x, fp_t, "ipguard", {"ipguard": asdict(config), "n_tried": n_tried, "n_converged": len(fp_x)})
+    return QuerySet(query_x, query_t, "ipguard", {"ipguard": asdict(config), "n_tried": n_tried, "n_converged": len(query_x)})

@@ -1,6 +1,7 @@
-"""`Fingerprint`: the verification key of a source model (inputs + target labels + provenance), saved as a directory
-with `fingerprint.safetensors` (tensors `x` `[N, C, H, W]` float32 pixels, `target` `[N]` int64) and
-`fingerprint.json` (method, eps, thresholds, source-model facts, seeds, versions, git hash). Nothing is pickled.
+"""`QuerySet`: the ownership queries of a source model, its verification key (inputs + target labels +
+provenance), saved as a directory
+with `queries.safetensors` (tensors `x` `[N, C, H, W]` float32 pixels, `target` `[N]` int64) and
+`queries.json` (method, eps, thresholds, source-model facts, seeds, versions, git hash). Nothing is pickled.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from neuroprint.models.classifier import check_images
 
 FORMAT_VERSION = 1
 METHODS = ("cem", "ipguard")
-TENSORS, META = "fingerprint.safetensors", "fingerprint.json"
+TENSORS, META = "queries.safetensors", "queries.json"
 
 
 @dataclass
-class Fingerprint:
-    """Fingerprint inputs `x` `[N, C, H, W]` and the labels `target` `[N]` the source model gives them.
+class QuerySet:
+    """Ownership queries `x` `[N, C, H, W]` and the labels `target` `[N]` the source model gives them.
 
     `method` is ``cem`` or ``ipguard``; `meta` holds how they were made (eps, seeds, conferrability, source model).
     """
@@ -33,21 +34,21 @@ class Fingerprint:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise InputError(f"unknown fingerprint method {self.method!r}; valid: {', '.join(METHODS)}")
+            raise InputError(f"unknown query-set method {self.method!r}; valid: {', '.join(METHODS)}")
         if not isinstance(self.meta, dict):
-            raise InputError(f"fingerprint meta must be a JSON object, got {type(self.meta).__name__}")
+            raise InputError(f"query-set meta must be a JSON object, got {type(self.meta).__name__}")
         if len(self.x) == 0:
-            raise InputError("the fingerprint is empty (0 inputs); generation kept none: lower tau or raise n_candidates")
-        check_images(self.x, name="fingerprint inputs")
+            raise InputError("the query set is empty (0 inputs); generation kept none: lower tau or raise n_candidates")
+        check_images(self.x, name="ownership queries")
         if self.target.shape != (len(self.x),) or self.target.dtype != torch.long:
-            raise InputError(f"fingerprint targets must be int64 [{len(self.x)}], got {self.target.dtype} "
+            raise InputError(f"query-set targets must be int64 [{len(self.x)}], got {self.target.dtype} "
                              f"{list(self.target.shape)}")
 
     def __len__(self) -> int:
         return len(self.x)
 
     def save(self, directory: str | Path) -> None:
-        """Write the fingerprint directory atomically (a temp directory renamed into place)."""
+        """Write the query-set directory atomically (a temp directory renamed into place)."""
         from safetensors.torch import save_file
 
         record = {"format_version": FORMAT_VERSION, "method": self.method, "n": len(self),
@@ -57,27 +58,27 @@ class Fingerprint:
             write_json(tmp / META, record)
 
     @classmethod
-    def load(cls, directory: str | Path) -> Fingerprint:
-        """Read a fingerprint directory; a missing, corrupt or inconsistent one raises `InputError` naming it."""
+    def load(cls, directory: str | Path) -> QuerySet:
+        """Read a query-set directory; a missing, corrupt or inconsistent one raises `InputError` naming it."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         directory = Path(directory)
         if not directory.is_dir():
-            raise InputError(f"expected a fingerprint directory at {directory} (with {META} and {TENSORS}); it does not exist")
+            raise InputError(f"expected a query-set directory at {directory} (with {META} and {TENSORS}); it does not exist")
         record = read_json(directory / META)
         if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{directory / META} is not a fingerprint file of format version {FORMAT_VERSION}")
+            raise InputError(f"{directory / META} is not a query-set file of format version {FORMAT_VERSION}")
         try:
             tensors = load_file(str(directory / TENSORS))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise InputError(f"cannot read fingerprint tensors from {directory / TENSORS} ({exc})") from None
+            raise InputError(f"cannot read query-set tensors from {directory / TENSORS} ({exc})") from None
         if set(tensors) != {"x", "target"}:
             raise InputError(f"{directory / TENSORS} must hold tensors x and target, got {sorted(tensors)}")
-        fingerprint = cls(tensors["x"], tensors["target"], str(record.get("method")), record.get("meta", {}))
-        if len(fingerprint) != record.get("n"):
-            raise InputError(f"{directory / TENSORS} holds {len(fingerprint)} inputs but {directory / META} says {record.get('n')}")
-        return fingerprint
+        queries = cls(tensors["x"], tensors["target"], str(record.get("method")), record.get("meta", {}))
+        if len(queries) != record.get("n"):
+            raise InputError(f"{directory / TENSORS} holds {len(queries)} inputs but {directory / META} says {record.get('n')}")
+        return queries
 
 
 def select_balanced(target: torch.Tensor, score: torch.Tensor, size: int, num_classes: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Fingerprint removal attacks (Lukas et al. 2021, arXiv 1912.00888, section 5 and appendix A.5): the ways an
-attacker derives a surrogate of a source model and tries to shed its fingerprint while keeping its accuracy.
+"""Removal attacks (Lukas et al. 2021, arXiv 1912.00888, section 5 and appendix A.5): the ways an attacker derives
+a surrogate of a source model and tries to shed the ownership evidence while keeping its accuracy.
 
 Every attack gets the source model and the attacker's own data (images disjoint from the defender's; the true
 labels are used only by `ground-truth`), queries the source for top-1 labels only, and returns a new `Classifier`:
@@ -105,28 +105,24 @@ def _fine_tune(mode: str, epochs: int, lr: float, seed: int) -> Removal:
     return Removal(mode, {"epochs": epochs, "lr": lr, "seed": seed}, derive)
 
 
-@REMOVALS.register("ftll")
-def ftll(epochs: int = 2, lr: float = 1e-3, seed: int = 0) -> Removal:
-    """Fine-tune the last layer only."""
-    return _fine_tune("ftll", epochs, lr, seed)
+FINE_TUNE_MODES = {  # mode: (what it does, default learning rate)
+    "ftll": ("Fine-tune the last layer only.", 1e-3),
+    "ftal": ("Fine-tune all layers.", 1e-4),
+    "rtll": ("Re-initialise the last layer, then train it alone.", 1e-3),
+    "rtal": ("Re-initialise the last layer, then train all layers.", 1e-3),
+}
 
 
-@REMOVALS.register("ftal")
-def ftal(epochs: int = 2, lr: float = 1e-4, seed: int = 0) -> Removal:
-    """Fine-tune all layers."""
-    return _fine_tune("ftal", epochs, lr, seed)
+def _fine_tune_factory(mode: str, doc: str, default_lr: float) -> Callable[..., Removal]:
+    def factory(epochs: int = 2, lr: float = default_lr, seed: int = 0) -> Removal:
+        return _fine_tune(mode, epochs, lr, seed)
+
+    factory.__doc__ = doc
+    return factory
 
 
-@REMOVALS.register("rtll")
-def rtll(epochs: int = 2, lr: float = 1e-3, seed: int = 0) -> Removal:
-    """Re-initialise the last layer, then train it alone."""
-    return _fine_tune("rtll", epochs, lr, seed)
-
-
-@REMOVALS.register("rtal")
-def rtal(epochs: int = 2, lr: float = 1e-3, seed: int = 0) -> Removal:
-    """Re-initialise the last layer, then train all layers."""
-    return _fine_tune("rtal", epochs, lr, seed)
+for _mode, (_doc, _lr) in FINE_TUNE_MODES.items():
+    REMOVALS.register(_mode)(_fine_tune_factory(_mode, _doc, _lr))
 
 
 @REMOVALS.register("prune")

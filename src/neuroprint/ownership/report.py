@@ -24,14 +24,14 @@ METHOD_NAMES = {"cem": "CEM (conferrable)", "ipguard": "IPGuard"}
 
 
 def markdown_table(report: OwnershipReport) -> str:
-    """One row per unseen suspect: test accuracy, whether it counts, CAEAcc per fingerprint and its AUC against all
+    """One row per unseen suspect: test accuracy, whether it counts, CAEAcc per query set and its AUC against all
     references; then the overall AUCs and the conferrability comparison (when run)."""
     methods = list(report.auc)
     cfg = report.config
     lines = [
         f"Ownership on {cfg.dataset}: source {cfg.architecture} at {100 * report.source_accuracy:.2f}% test accuracy; "
-        f"CEM eps {cfg.cem.eps}, tau {cfg.tau}; fingerprints: "
-        + ", ".join(f"{m} {report.fingerprints[m]['n']} inputs" for m in methods),
+        f"CEM eps {cfg.cem.eps}, tau {cfg.tau}; query sets: "
+        + ", ".join(f"{m} {report.query_sets[m]['n']} inputs" for m in methods),
         "",
         "| suspect | kind | test acc (%) | counts | " + " | ".join(f"{METHOD_NAMES.get(m, m)} CAEAcc (%) / AUC"
                                                           for m in methods) + " |",
@@ -63,7 +63,7 @@ def markdown_table(report: OwnershipReport) -> str:
 
 
 def _verdicts(report: OwnershipReport, method: str) -> str:
-    """How many counted surrogates and references reach CAEAcc >= rho with `method`'s fingerprint."""
+    """How many counted surrogates and references reach CAEAcc >= rho with `method`'s query set."""
     rho = report.config.rho
     surrogates = [s for s in counted(report.suspects) if s.kind == "surrogate"]
     references = [s for s in counted(report.suspects) if s.kind == "reference"]
@@ -73,12 +73,17 @@ def _verdicts(report: OwnershipReport, method: str) -> str:
             f"{len(references)} references")
 
 
+def _query_sets(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The record's query sets (records written before neuroprint called them so hold them as "fingerprints")."""
+    return record["fingerprints"] if "query_sets" not in record and "fingerprints" in record else record["query_sets"]
+
+
 def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def roc_figure(report: OwnershipReport) -> Figure:
-    """ROC curves of CAEAcc (counted surrogates positive, references negative), one per fingerprint method."""
+    """ROC curves of CAEAcc (counted surrogates positive, references negative), one per query-set method."""
     fig, ax = plt.subplots(figsize=(4.5, 4))
     kept = counted(report.suspects)
     labels = [s.kind == "surrogate" for s in kept]
@@ -118,6 +123,6 @@ def report_from_json(record: dict[str, Any]) -> OwnershipReport:
     config = from_fields(OwnershipConfig, {**c, "cem": from_fields(CEMConfig, c["cem"]),
                                            "ipguard": from_fields(IPGuardConfig, c["ipguard"]),
                                            "cache_dir": Path(c["cache_dir"])})
-    return OwnershipReport(config, record["source_accuracy"], record["fingerprints"],
+    return OwnershipReport(config, record["source_accuracy"], _query_sets(record),
                            [from_fields(SuspectResult, s) for s in record["suspects"]], record["auc"],
                            record["conferrability"], record["seconds"], record["provenance"], record.get("command"))

@@ -1,6 +1,6 @@
-"""Fingerprint verification (Lukas et al. 2021, arXiv 1912.00888, eq. 7): the suspect model's *CAEAcc* is the share
-of fingerprint inputs on which it predicts the fingerprint's target label; a suspect with CAEAcc >= rho is judged a
-surrogate (stolen from the source model). The suspect is queried with the fingerprint inputs only, for labels only.
+"""Ownership verification (Lukas et al. 2021, arXiv 1912.00888, eq. 7): the suspect model's *CAEAcc* is the share
+of the ownership queries on which it predicts their target label; a suspect with CAEAcc >= rho is judged a
+surrogate (stolen from the source model). The suspect is sent the queries only and answers labels only.
 
 Suspects: a local `Classifier` (`LocalSuspect`) or an HTTP endpoint (`HTTPSuspect`) that answers
 ``POST {"inputs": [[[[...]]]]}`` (a JSON list of N images `[C, H, W]`, pixels in [0, 1]) with ``{"labels": [...]}``.
@@ -19,7 +19,7 @@ import torch
 from neuroprint.checks import check_float, check_int
 from neuroprint.errors import InputError
 from neuroprint.models.classifier import Classifier
-from neuroprint.ownership.fingerprint import Fingerprint
+from neuroprint.ownership.queries import QuerySet
 
 
 class Suspect(Protocol):
@@ -80,7 +80,7 @@ class HTTPSuspect:
 
 @dataclass(frozen=True)
 class Verification:
-    """CAEAcc in [0, 1] of one suspect on one fingerprint, and the verdict at threshold `rho`."""
+    """CAEAcc in [0, 1] of one suspect on one query set, and the verdict at threshold `rho`."""
 
     cae_acc: float
     n: int
@@ -91,16 +91,16 @@ class Verification:
         return asdict(self)
 
 
-def cae_accuracy(suspect: Suspect, fingerprint: Fingerprint) -> float:
-    """Share of fingerprint inputs on which `suspect` predicts the target label (eq. 7), in [0, 1]."""
-    labels = suspect.labels(fingerprint.x)
-    if labels.shape != fingerprint.target.shape:
-        raise InputError(f"the suspect returned {list(labels.shape)} labels for {len(fingerprint)} fingerprint inputs")
-    return float((labels == fingerprint.target).float().mean())
+def cae_accuracy(suspect: Suspect, queries: QuerySet) -> float:
+    """Share of the queries on which `suspect` predicts the target label (eq. 7), in [0, 1]."""
+    labels = suspect.labels(queries.x)
+    if labels.shape != queries.target.shape:
+        raise InputError(f"the suspect returned {list(labels.shape)} labels for {len(queries)} queries")
+    return float((labels == queries.target).float().mean())
 
 
-def verify(suspect: Suspect, fingerprint: Fingerprint, rho: float = 0.75) -> Verification:
+def verify(suspect: Suspect, queries: QuerySet, rho: float = 0.75) -> Verification:
     """CAEAcc of `suspect` and the verdict: surrogate when CAEAcc >= `rho` (in [0, 1])."""
     rho = check_float("rho", rho, 0.0, 1.0, low_open=False)
-    acc = cae_accuracy(suspect, fingerprint)
-    return Verification(acc, len(fingerprint), rho, acc >= rho)
+    acc = cae_accuracy(suspect, queries)
+    return Verification(acc, len(queries), rho, acc >= rho)

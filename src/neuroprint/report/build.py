@@ -20,7 +20,7 @@ from neuroprint.report.robustness import robustness_part
 KINDS: dict[str, tuple[frozenset[str], Callable[[dict[str, Any]], Part]]] = {
     "evaluation": (frozenset({"attacks", "results", "model"}), evaluation_part),
     "robustness": (frozenset({"outcomes", "config", "model"}), robustness_part),
-    "ownership": (frozenset({"suspects", "auc", "fingerprints"}), ownership_part),
+    "ownership": (frozenset({"suspects", "auc", "source_accuracy"}), ownership_part),
 }
 COMMANDS = "`neuroprint evaluate`, `neuroprint robustness` or `neuroprint ownership evaluate`"
 

@@ -1,5 +1,5 @@
 """The HTML report of an ownership record (`neuroprint ownership evaluate`): the suspects table with AUCs and
-verdicts, the ROC curve, CAEAcc per suspect and the fingerprints."""
+verdicts, the ROC curve, CAEAcc per suspect and the query sets."""
 from __future__ import annotations
 
 import json
@@ -13,39 +13,32 @@ from matplotlib.figure import Figure
 
 from neuroprint.ownership.experiment import OwnershipReport
 from neuroprint.ownership.report import METHOD_NAMES, markdown_table, report_from_json, roc_figure
-from neuroprint.report.html import (
-    Part,
-    Section,
-    figure_html,
-    markdown_html,
-    provenance_section,
-    table_html,
-)
+from neuroprint.report import html
 
 KIND_COLOURS = {"surrogate": "#d1495b", "reference": "#2d7dd2"}
 
 
-def ownership_part(record: dict[str, Any]) -> Part:
+def ownership_part(record: dict[str, Any]) -> html.Part:
     """Every section of an ownership record's report, under the heading "Ownership on <dataset>"."""
     report = report_from_json(record)
     roc = ("CAEAcc as a test of surrogate (positive) against reference (negative), suspects that kept their "
            "accuracy only")
-    cae = (f"CAEAcc of every suspect per fingerprint; dashed: the verdict threshold rho = "
+    cae = (f"CAEAcc of every suspect per query set; dashed: the verdict threshold rho = "
            f"{report.config.rho}; hollow markers: suspects that lost their accuracy (not counted)")
-    fingerprints = [[METHOD_NAMES.get(m, m), fp.get("n"),
-                     json.dumps({k: v for k, v in fp.items() if k != "n"}, sort_keys=True, default=str)]
-                    for m, fp in report.fingerprints.items()]
-    return Part(f"Ownership on {report.config.dataset}", [
-        Section("Ownership verification", markdown_html(markdown_table(report))),
-        Section("ROC curve", figure_html(roc_figure(report), roc)),
-        Section("CAEAcc per suspect", figure_html(cae_figure(report), cae)),
-        Section("Fingerprints", table_html(["method", "inputs", "details"], fingerprints)),
-        provenance_section(record),
+    query_sets = [[METHOD_NAMES.get(m, m), facts.get("n"),
+                   json.dumps({k: v for k, v in facts.items() if k != "n"}, sort_keys=True, default=str)]
+                  for m, facts in report.query_sets.items()]
+    return html.Part(f"Ownership on {report.config.dataset}", [
+        html.Section("Ownership verification", html.markdown_html(markdown_table(report))),
+        html.Section("ROC curve", html.figure_html(roc_figure(report), roc)),
+        html.Section("CAEAcc per suspect", html.figure_html(cae_figure(report), cae)),
+        html.Section("Query sets", html.table_html(["method", "inputs", "details"], query_sets)),
+        html.provenance_section(record),
     ])
 
 
 def cae_figure(report: OwnershipReport) -> Figure:
-    """One panel per fingerprint method: every suspect's CAEAcc (%), coloured by kind, with the threshold
+    """One panel per query-set method: every suspect's CAEAcc (%), coloured by kind, with the threshold
     rho."""
     methods = list(report.auc)
     names = [s.name for s in report.suspects]
