@@ -285,10 +285,19 @@ def rounded(record: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}
 
 
+def add_server_arguments(parser: argparse.ArgumentParser, out: Path) -> None:
+    """The options every guard-service benchmark takes: the guard, the quiet wait, extra `serve` options, the
+    record's path (default `out`)."""
+    parser.add_argument("--guard", type=Path, required=True, help="guard directory (neuroprint fit)")
+    parser.add_argument("--wait-minutes", type=float, default=25.0,
+                        help="wait at most this long for a 1-minute load average below 1.0 (0 = start now)")
+    parser.add_argument("--serve-args", default="", help="extra `neuroprint serve` options, e.g. '--workers 1'")
+    parser.add_argument("--out", type=Path, default=out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--guard", type=Path, required=True, help="guard directory (neuroprint fit)")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per configuration")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per configuration")
     parser.add_argument("--raw-seconds", type=float, default=3.0,
@@ -296,10 +305,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16], help="images per request")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
-    parser.add_argument("--wait-minutes", type=float, default=25.0,
-                        help="wait at most this long for a 1-minute load average below 1.0 (0 = start now)")
-    parser.add_argument("--serve-args", default="", help="extra `neuroprint serve` options, e.g. '--workers 1'")
-    parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
+    add_server_arguments(parser, RESULTS / "service.json")
     args = parser.parse_args()
 
     machine = wait_for_quiet(1.0, args.wait_minutes)

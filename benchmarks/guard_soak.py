@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import time
-from pathlib import Path
 
 import httpx
 import torch
@@ -26,6 +25,7 @@ from guard_service import (
     RESULTS,
     Payload,
     Record,
+    add_server_arguments,
     drive,
     payload_pool,
     proc_status_kib,
@@ -68,16 +68,12 @@ async def soak(url: str, pid: int, pool: list[Payload], clients: int, rate: floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--guard", type=Path, required=True, help="guard directory (neuroprint fit)")
     parser.add_argument("--minutes", type=float, default=10.0, help="measured minutes after the warm-up")
     parser.add_argument("--warmup-s", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rate", type=float, default=25.0, help="requests/s over all clients")
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS samples")
-    parser.add_argument("--wait-minutes", type=float, default=25.0,
-                        help="wait at most this long for a 1-minute load average below 1.0 (0 = start now)")
-    parser.add_argument("--serve-args", default="", help="extra `neuroprint serve` options, e.g. '--workers 2'")
-    parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    add_server_arguments(parser, RESULTS / "soak.json")
     args = parser.parse_args()
 
     machine = wait_for_quiet(1.0, args.wait_minutes)
