@@ -44,9 +44,13 @@ class HeapTrimmer:
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
         self._libc = _glibc()
-        self.active = self._libc is not None  # False: not glibc, calls do nothing
         self._lock = threading.Lock()
         self._last = time.monotonic()
+
+    @property
+    def active(self) -> bool:
+        """False where the C library is not glibc: calls then do nothing."""
+        return self._libc is not None
 
     def __call__(self) -> None:
         if self._libc is None or time.monotonic() - self._last < self.interval_s:
