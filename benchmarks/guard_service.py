@@ -2,17 +2,18 @@
 
 Reference: `Guard.load(dir).score(x)` in this process on batches of 64 real MNIST test images (the service's
 micro-batch limit), the same model and detectors with no HTTP. Then the real service (`neuroprint serve`,
-default settings) runs as a subprocess on 127.0.0.1 and a load generator in this process (asyncio, one
-`httpx.AsyncClient` with one keep-alive connection per client, closed loop) drives it with 1, 8 and 64
+default settings) runs as a subprocess on 127.0.0.1 and a load generator in this process (asyncio streams, one
+keep-alive connection per client, pre-encoded requests, closed loop; see `drive`) drives it with 1, 8 and 64
 concurrent clients, for each request kind (`/v1/predict` JSON; Open Inference `/v2/models/guard/infer` with
-the binary tensor extension) and request size (1 and 16 images): after a warm-up, images/s, requests/s,
-latency percentiles and errors over `--seconds`. The raw rate is re-measured (with the server idle) right
-before and right after every configuration and their mean is that configuration's reference, so each ratio
-service / raw is taken under the same machine load; `raw_spread` (|before - after| / mean) shows how much that
-load moved meanwhile. Per configuration the CPU cores used by the server and by the load generator, the mean
-micro-batch and the share of the time the model was busy (from the service's `/metrics`) are recorded. The
-server's resident memory (VmRSS) is read at rest after startup and sampled every 100 ms under load. The run
-first waits (at most `--wait-minutes`) for a 1-minute load average below 1.0.
+the binary tensor extension) and request size (1 and 16 images): images/s, requests/s, latency percentiles and
+errors over `--seconds`, split into `--rounds` rounds (each after a warm-up). The raw rate is measured (with the
+server idle) before, between and after those rounds and its mean is that configuration's reference, so each
+ratio service / raw is taken under the same machine load, which on a shared machine drifts by 10-20% within a
+minute; `raw_spread` ((max - min) / mean of those raw runs) shows how much. Per configuration the CPU cores used
+by the server and by the load generator, the mean micro-batch and the share of the time the model was busy (from
+the service's `/metrics`) are recorded. The server's resident memory (VmRSS) is read at rest after startup and
+sampled every 100 ms under load. The run first waits (at most `--wait-minutes`) for a 1-minute load average below
+1.0.
 
 Run: .venv/bin/python benchmarks/guard_service.py --guard runs/guard [--seconds 15] [--out FILE]
 """
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ class Payload:
     body: bytes
     headers: dict[str, str]
     images: int
+
+    @property
+    def http(self) -> bytes:
+        """The whole HTTP/1.1 request (keep-alive), as the load generator writes it."""
+        lines = [f"POST {self.path} HTTP/1.1", "host: 127.0.0.1", f"content-length: {len(self.body)}",
+                 *(f"{name}: {value}" for name, value in self.headers.items())]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
 
 
 @dataclass(frozen=True)
@@ -187,35 +195,52 @@ def served(guard_dir: Path, extra: Sequence[str] = ()) -> Iterator[tuple[str, su
                 server.wait()
 
 
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """Send one pre-encoded HTTP/1.1 request on a keep-alive connection and read its whole answer; returns the
+    status. (The server answers with a Content-Length, never chunked.)"""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def drive(url: str, pools: list[list[Payload]], clients: int, seconds: float,
                 rate: float | None = None) -> list[Record]:
-    """`clients` concurrent clients, each an `httpx.AsyncClient` with one keep-alive connection (one shared
-    pool of many connections costs the client O(connections) per request), send requests for `seconds`;
-    client i cycles through `pools[i % len(pools)]`. With `rate` (requests/s over all clients) each client
-    paces itself to `rate/clients` (without bursting to catch up), else it sends its next request as soon as
-    the previous is answered."""
+    """`clients` concurrent clients, each with one keep-alive connection, send requests for `seconds`; client i
+    cycles through `pools[i % len(pools)]`. With `rate` (requests/s over all clients) each client paces itself
+    to `rate/clients` (without bursting to catch up), else it sends its next request as soon as the previous
+    is answered. The client is a few lines on asyncio streams writing pre-encoded requests: the load generator
+    shares the machine's cores with the server, and a full HTTP client (httpx) costs several milliseconds of
+    CPU per request, taken from the server."""
     records: list[Record] = []
     end = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    host, port = url.removeprefix("http://").split(":")
 
     async def one(i: int) -> None:
         pool, k = pools[i % len(pools)], i
+        requests = [payload.http for payload in pool]
         interval = clients / rate if rate else 0.0
         next_at = time.perf_counter() + (i / rate if rate else 0.0)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-            while (now := time.perf_counter()) < end:
-                if now < next_at:
-                    await asyncio.sleep(next_at - now)
-                next_at = max(next_at + interval, time.perf_counter())
-                payload = pool[k % len(pool)]
-                k += 1
-                start = time.perf_counter()
-                try:
-                    response = await client.post(payload.path, content=payload.body, headers=payload.headers)
-                    status = response.status_code
-                except httpx.HTTPError:
-                    status = 0
-                records.append(Record(start, time.perf_counter(), status, payload.path, payload.images))
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while (now := time.perf_counter()) < end:
+            if now < next_at:
+                await asyncio.sleep(next_at - now)
+            next_at = max(next_at + interval, time.perf_counter())
+            payload, request = pool[k % len(pool)], requests[k % len(pool)]
+            k += 1
+            start = time.perf_counter()
+            try:
+                connection = connection or await asyncio.open_connection(host, int(port))
+                status = await asyncio.wait_for(exchange(*connection, request), 60)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, StopIteration, ValueError,
+                    TimeoutError):
+                status, connection = 0, None
+            records.append(Record(start, time.perf_counter(), status, payload.path, payload.images))
+        if connection is not None:
+            connection[1].close()
 
     await asyncio.gather(*(one(i) for i in range(clients)))
     return records
@@ -232,17 +257,17 @@ def check_answer(url: str, payload: Payload) -> None:
         raise RuntimeError(f"{payload.path} answered {len(labels)} labels for {payload.images} images")
 
 
-def summarize(records: list[Record], window: tuple[float, float]) -> dict[str, Any]:
-    """Throughput and latency of the requests answered within `window` (perf_counter start, end); errors are
-    non-200 answers or failed requests in it."""
-    start, end = window
-    inside = [r for r in records if start <= r.start and r.end <= end]
+def summarize(records: list[Record], windows: list[tuple[float, float]]) -> dict[str, Any]:
+    """Throughput and latency of the requests answered within the measured `windows` (perf_counter start, end);
+    errors are non-200 answers or failed requests in them."""
+    inside = [r for r in records if any(start <= r.start and r.end <= end for start, end in windows)]
     ok = [r for r in inside if r.status == 200]
+    seconds = sum(end - start for start, end in windows)
     latency = np.array([r.end - r.start for r in ok]) * 1000
     p50, p95, p99 = (np.percentile(latency, [50, 95, 99]) if len(ok) else [float("nan")] * 3)
     return {"requests": len(inside), "errors": len(inside) - len(ok),
-            "images_per_s": sum(r.images for r in ok) / (end - start),
-            "requests_per_s": len(ok) / (end - start), "p50_ms": float(p50), "p95_ms": float(p95),
+            "images_per_s": sum(r.images for r in ok) / seconds,
+            "requests_per_s": len(ok) / seconds, "p50_ms": float(p50), "p95_ms": float(p95),
             "p99_ms": float(p99)}
 
 
@@ -258,23 +283,31 @@ def batch_metrics(url: str) -> dict[str, float]:
     return out
 
 
-def measure(url: str, server_pid: int, pool: list[Payload], clients: int, warmup: float,
-            seconds: float) -> dict[str, Any]:
-    """One configuration: `warmup` + `seconds` of closed-loop load; statistics over the last `seconds`. Over
-    the whole run: the CPU cores used by the server and by this (load-generating) process, the mean
-    micro-batch and the share of the time the model worker was busy."""
+def measure(url: str, server_pid: int, pool: list[Payload], clients: int, warmup: float, seconds: float,
+            rounds: int = 1, between: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """One configuration: `rounds` times `warmup` + `seconds` of closed-loop load, `between()` run between
+    them with the server idle; statistics over the measured seconds of every round. Over the load: the CPU
+    cores used by the server and by this (load-generating) process, the mean micro-batch and the share of the
+    time the model workers were busy."""
     before = batch_metrics(url)
-    begin, server_cpu, client_cpu = time.perf_counter(), proc_cpu_seconds(server_pid), time.process_time()
-    window = (begin + warmup, begin + warmup + seconds)
-    records = asyncio.run(drive(url, [pool], clients, warmup + seconds))
-    wall = time.perf_counter() - begin
-    server_cores = (proc_cpu_seconds(server_pid) - server_cpu) / wall
-    client_cores = (time.process_time() - client_cpu) / wall
+    records: list[Record] = []
+    windows: list[tuple[float, float]] = []
+    wall = server_cpu = client_cpu = 0.0
+    for round_ in range(rounds):
+        if round_:
+            between()
+        begin, server_start, client_start = time.perf_counter(), proc_cpu_seconds(server_pid), time.process_time()
+        windows.append((begin + warmup, begin + warmup + seconds))
+        records += asyncio.run(drive(url, [pool], clients, warmup + seconds))
+        wall += time.perf_counter() - begin
+        server_cpu += proc_cpu_seconds(server_pid) - server_start
+        client_cpu += time.process_time() - client_start
     after = batch_metrics(url)
-    summary = summarize(records, window)
-    summary["warmup_errors"] = sum(r.status != 200 for r in records if r.start < window[0])
+    summary = summarize(records, windows)
+    summary["warmup_errors"] = sum(r.status != 200 for r in records
+                                   if not any(start <= r.start for start, _ in windows))
     batches = max(after["batches"] - before["batches"], 1)
-    summary.update(server_cpu_cores=server_cores, client_cpu_cores=client_cores,
+    summary.update(server_cpu_cores=server_cpu / wall, client_cpu_cores=client_cpu / wall,
                    mean_batch_images=(after["images"] - before["images"]) / batches,
                    model_busy_share=(after["seconds"] - before["seconds"]) / wall)
     return summary
@@ -299,9 +332,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per configuration")
-    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per configuration")
-    parser.add_argument("--raw-seconds", type=float, default=3.0,
-                        help="raw scoring seconds before and after each configuration")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds the measured seconds are split into, raw scoring measured between them")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per round")
+    parser.add_argument("--raw-seconds", type=float, default=2.0,
+                        help="raw scoring seconds before, between and after the rounds of each configuration")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16], help="images per request")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
@@ -318,22 +353,29 @@ def main() -> None:
         time.sleep(1.0)
         rest_kib = proc_status_kib(server.pid, "VmRSS")
         sampler = RSSSampler(server.pid)
+        raws: list[float] = []
+
+        def raw_between() -> None:
+            sampler.active.clear()
+            raws.append(raw_images_per_second(guard, images, MAX_BATCH, args.raw_seconds))
+            sampler.active.set()
+
         try:
             for kind in args.kinds:
                 for size in args.sizes:
                     pool = payload_pool(kind, images, size)
                     check_answer(url, pool[0])
                     for clients in args.clients:
-                        before = raw_images_per_second(guard, images, MAX_BATCH, args.raw_seconds)
+                        raws[:] = [raw_images_per_second(guard, images, MAX_BATCH, args.raw_seconds)]
                         sampler.active.set()
-                        result = measure(url, server.pid, pool, clients, args.warmup, args.seconds)
+                        result = measure(url, server.pid, pool, clients, args.warmup, args.seconds / args.rounds,
+                                         args.rounds, raw_between)
                         sampler.active.clear()
-                        after = raw_images_per_second(guard, images, MAX_BATCH, args.raw_seconds)
-                        reference = (before + after) / 2
+                        raws.append(raw_images_per_second(guard, images, MAX_BATCH, args.raw_seconds))
+                        reference = float(np.mean(raws))
                         config = {"kind": kind, "images_per_request": size, "clients": clients,
                                   "request_bytes": len(pool[0].body), **result, "raw_images_per_s": reference,
-                                  "raw_before_after": [before, after],
-                                  "raw_spread": abs(before - after) / reference,
+                                  "raw_runs": list(raws), "raw_spread": (max(raws) - min(raws)) / reference,
                                   "ratio_to_raw": result["images_per_s"] / reference}
                         configs.append(config)
                         print(json.dumps(rounded(config)), file=sys.stderr, flush=True)
@@ -348,14 +390,14 @@ def main() -> None:
               "model": guard.meta.get("model", {}).get("architecture"),
               "image_shape": list(guard.image_shape),
               "server": {"max_batch": MAX_BATCH, "max_wait_ms": SETTINGS.max_wait_ms, "draws": guard.draws},
-              "seconds": args.seconds, "warmup_s": args.warmup, "raw_images_per_s": raw,
+              "seconds": args.seconds, "rounds": args.rounds, "warmup_s": args.warmup, "raw_images_per_s": raw,
               "configs": configs, "memory": memory, "meets_80_percent_of_raw": meeting,
               "machine": {**machine, "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-              "load_generator": "this process: asyncio, one httpx.AsyncClient + keep-alive connection per "
-                                "client, closed loop",
-              "versions": {**versions(), "httpx": httpx.__version__}, "git": git_commit()}
+              "load_generator": "this process: asyncio streams, one keep-alive connection per client, "
+                                "pre-encoded HTTP/1.1 requests, closed loop",
+              "versions": versions(), "git": git_commit()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     summary = {"benchmark": "guard_service", "raw_images_per_s_batch64": raw[f"batch_{MAX_BATCH}"],

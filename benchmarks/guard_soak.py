@@ -1,6 +1,6 @@
 """Guard service soak: steady mixed load for minutes, the server's memory sampled throughout.
 
-`neuroprint serve` runs as a subprocess on 127.0.0.1; `--clients` keep-alive clients (asyncio + httpx) send,
+`neuroprint serve` runs as a subprocess on 127.0.0.1; `--clients` keep-alive clients (`guard_service.drive`) send,
 at a fixed total `--rate` of requests/s, a mix of `/v1/predict` JSON and Open Inference
 `/v2/models/guard/infer` binary requests of 1 and 16 real MNIST test images each (the four kinds in turn). The
 server's VmRSS is read every `--sample-s` seconds. After `--warmup-s` of the same load, the sample then taken
@@ -18,7 +18,6 @@ import json
 import os
 import time
 
-import httpx
 import torch
 from guard_service import (
     KINDS,
@@ -91,11 +90,11 @@ def main() -> None:
     minutes = []
     for m in range(int(args.minutes)):
         window = (begin + args.warmup_s + 60 * m, begin + args.warmup_s + 60 * (m + 1))
-        minutes.append({"minute": m + 1, **summarize(records, window)})
+        minutes.append({"minute": m + 1, **summarize(records, [window])})
     window = (begin + args.warmup_s, begin + seconds)
-    total = summarize(records, window)
+    total = summarize(records, [window])
     by_kind = {f"{kind} x{size}": summarize([r for r in records if (r.path, r.images) == (KINDS[kind], size)],
-                                            window)
+                                            [window])
                for kind in KINDS for size in SIZES}
     result = {"errors": total["errors"] + sum(r.status != 200 for r in records if r.start < window[0]),
               "requests": total["requests"], "requests_per_s": total["requests_per_s"],
@@ -113,7 +112,7 @@ def main() -> None:
               "rss_samples": [{"t_s": round(t, 1), "rss_mib": kib / 1024} for t, kib in samples],
               "machine": {**machine, "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-              "versions": {**versions(), "httpx": httpx.__version__}, "git": git_commit()}
+              "versions": versions(), "git": git_commit()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(rounded({"benchmark": "guard_soak", **result, "out": str(args.out)})), flush=True)

@@ -148,7 +148,7 @@ def test_micro_batcher_groups_concurrent_requests_and_keeps_order(guard_dir: Pat
         batcher.start()
         try:
             parts = [digits.test.x[i : i + 3] for i in range(0, 30, 3)]
-            results = await asyncio.gather(*(batcher.submit(x) for x in parts))
+            results = await asyncio.gather(*(batcher.submit(x, lambda rows: rows) for x in parts))
         finally:
             await batcher.stop()
         return [r.labels for r in results]
@@ -180,13 +180,34 @@ def test_micro_batcher_runs_several_batches_at_once(guard_dir: Path, digits: Dat
         batcher = MicroBatcher(slow_score, max_batch=4, max_wait_ms=1, workers=2)
         batcher.start()
         try:
-            results = await asyncio.gather(*(batcher.submit(digits.test.x[i : i + 4]) for i in range(0, 16, 4)))
+            results = await asyncio.gather(*(batcher.submit(digits.test.x[i : i + 4], lambda rows: rows)
+                                             for i in range(0, 16, 4)))
         finally:
             await batcher.stop()
         return [r.labels for r in results]
 
     labels = torch.cat(asyncio.run(run()))
     assert torch.equal(labels, guard.classifier.predict(digits.test.x[:16])) and most[0] == 2
+
+
+def test_micro_batcher_fails_only_the_request_whose_finish_raises(guard_dir: Path, digits: DataSplits) -> None:
+    guard = Guard.load(guard_dir, draws="seeded")
+
+    def refuse(_: object) -> None:
+        raise InputError("this request's response cannot be rendered")
+
+    async def run() -> list[object]:
+        batcher = MicroBatcher(guard.score, max_batch=16, max_wait_ms=50)
+        batcher.start()
+        try:
+            return await asyncio.gather(batcher.submit(digits.test.x[:3], lambda rows: rows.labels),
+                                        batcher.submit(digits.test.x[3:6], refuse), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    labels, failure = asyncio.run(run())
+    assert torch.equal(labels, guard.classifier.predict(digits.test.x[:3]))  # type: ignore[arg-type]
+    assert isinstance(failure, InputError) and "cannot be rendered" in str(failure)
 
 
 def test_open_inference_binary_and_json_requests_parse_alike(digits: DataSplits) -> None:

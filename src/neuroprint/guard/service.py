@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from fastapi import FastAPI, Request
@@ -45,6 +45,7 @@ from neuroprint.guard.limits import APIKey, BodyLimit, PayloadTooLarge
 from neuroprint.guard.schemas import AttackRequest, InferRequest, PredictRequest, body_doc
 from neuroprint.guard.telemetry import RequestMetrics, ServiceMetrics
 
+T = TypeVar("T")
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")
 
 
@@ -74,6 +75,11 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _json(value: Any) -> bytes:
+    """A response body: `value` as compact UTF-8 JSON (what `JSONResponse` sends, rendered where it is called)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 def _json_body(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -99,9 +105,15 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
     batcher = MicroBatcher(score_batch, settings.max_batch, settings.max_wait_ms, metrics.observe_batch,
                            settings.workers)
     keys = list(guard.detectors)
+    thresholds = guard.thresholds
+
+    def verdict(scores: GuardScores) -> dict[str, Any]:
+        """One image's verdict as the web page shows it."""
+        return scores.records(thresholds, settings.top_k)[0]
+
     description = {"model": guard.meta.get("model", {}).get("architecture"), "model_name": settings.model_name,
                    "image_shape": list(guard.image_shape), "num_classes": guard.num_classes,
-                   "detectors": [{"key": k, "threshold": t} for k, t in guard.thresholds.items()],
+                   "detectors": [{"key": k, "threshold": t} for k, t in thresholds.items()],
                    "fpr": guard.meta.get("fpr"), "draws": guard.draws, "attack": settings.attack}
 
     @asynccontextmanager
@@ -113,16 +125,20 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
     app = FastAPI(title="neuroprint guard", version=neuroprint.__version__, lifespan=lifespan,
                   description="Classifies images and flags adversarial ones with calibrated detectors.")
 
-    async def score(x: torch.Tensor) -> GuardScores:
+    async def score(x: torch.Tensor, respond: Callable[[GuardScores], T]) -> T:
+        """`respond(verdict)` for images `x` (already checked by the parser that made them), run in the model
+        thread once `x` has been scored as part of a micro-batch."""
         if len(x) > settings.max_images:
             raise InputError(f"{len(x)} images in one request; the limit is {settings.max_images}")
-        guard.check_images(x, "inputs")
+
+        def finish(scores: GuardScores) -> T:
+            metrics.observe_verdicts(scores)
+            return respond(scores)
+
         try:
-            result = await asyncio.wait_for(batcher.submit(x), settings.timeout_s)
+            return await asyncio.wait_for(batcher.submit(x, finish), settings.timeout_s)
         except TimeoutError:
             raise ServiceBusy(f"scoring took longer than {settings.timeout_s} s; retry later") from None
-        metrics.observe_verdicts(result)
-        return result
 
     @app.exception_handler(NeuroprintError)
     async def bad_input(_: Request, exc: NeuroprintError) -> JSONResponse:
@@ -171,7 +187,7 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
         return description
 
     @app.post("/v1/predict", openapi_extra=body_doc(PredictRequest, multipart=True))
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
             x, names = await _uploads(request, guard.image_shape, settings.max_images)
@@ -181,14 +197,15 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
         else:
             return _error(415, f"content type {content_type!r} is not accepted; send application/json or "
                                f"multipart/form-data")
-        result = await score(x)
-        predictions = result.records(guard.thresholds, settings.top_k)
-        if names is not None:
-            for record, name in zip(predictions, names):
-                record["file"] = name
         request_id = uuid.uuid4().hex
-        return JSONResponse({"labels": result.labels.tolist(), "predictions": predictions, "request_id": request_id},
-                            headers={"x-request-id": request_id})
+
+        def respond(scores: GuardScores) -> bytes:
+            predictions = scores.records(thresholds, settings.top_k)
+            for record, name in zip(predictions, names or []):
+                record["file"] = name
+            return _json({"labels": scores.labels.tolist(), "predictions": predictions, "request_id": request_id})
+
+        return Response(await score(x, respond), media_type="application/json", headers={"x-request-id": request_id})
 
     @app.post("/v1/attack", openapi_extra=body_doc(AttackRequest))
     async def attack(request: Request) -> Any:
@@ -198,12 +215,10 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
         if body.eps > settings.max_attack_eps:
             raise InputError(f"eps must be in (0, {settings.max_attack_eps}], got {body.eps}")
         x = images_from_lists([body.input], guard.image_shape)
-        before = await score(x)
+        original = await score(x, verdict)
         pgd = make_attack(f"pgd:eps={body.eps},steps={settings.attack_steps},alpha={2.5 * body.eps / settings.attack_steps}")
-        result = await batcher.run_in_worker(lambda: pgd(guard.classifier, x, before.labels))
-        after = await score(result.x_adv)
-        return {"original": before.records(guard.thresholds, settings.top_k)[0],
-                "attacked": after.records(guard.thresholds, settings.top_k)[0],
+        result = await batcher.run_in_worker(lambda: pgd(guard.classifier, x, torch.tensor([original["label"]])))
+        return {"original": original, "attacked": await score(result.x_adv, verdict),
                 "image": result.x_adv[0].tolist(), "eps": body.eps, "steps": settings.attack_steps}
 
     @app.get("/v2")
@@ -233,7 +248,7 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
         return {"name": name, "ready": True}
 
     @app.post("/v2/models/{name}/infer", openapi_extra=body_doc(InferRequest))
-    async def infer(name: str, request: Request) -> dict[str, Any]:
+    async def infer(name: str, request: Request) -> Response:
         known(name)
         x, request_id, requested = openinference.parse_infer_request(
             await request.body(), request.headers.get("inference-header-content-length"), guard.image_shape)
@@ -241,7 +256,8 @@ def create_app(guard: Guard, settings: ServiceSettings | None = None) -> FastAPI
         unknown = [n for n in requested or [] if n not in valid]
         if unknown:
             raise InputError(f"unknown output(s) {unknown}; valid: {', '.join(valid)}")
-        return openinference.infer_response(name, request_id, await score(x), requested)
+        body = await score(x, lambda scores: _json(openinference.infer_response(name, request_id, scores, requested)))
+        return Response(body, media_type="application/json")
 
     app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.api_key:
