@@ -280,3 +280,22 @@ def test_joint_attack_raises_c_where_the_detector_still_flags(tiny_classifier: C
     assert state["c"][:5].tolist() == [10.0] * 5
     never_wrong = tiny_classifier.predict(x[5:]) == y[5:]  # clean, correctly classified sources: c falls
     torch.testing.assert_close(state["c"][5:], torch.where(never_wrong, 0.1, 10.0))
+
+
+def test_joined_table_keeps_the_fuller_suite_and_marks_partial_cells() -> None:
+    from neuroprint.adaptive.report import joined_table, joined_wall_times
+    from neuroprint.adaptive.robustness import SUITE, AttackOutcome, DetectorOutcome, RobustnessReport
+
+    def report(attacks: tuple[str, ...], worst: float, model: str = "mnist-net") -> RobustnessReport:
+        outcome = DetectorOutcome("lid", fpr_test=0.05, worst_case={"linf:0.3": worst}, no_detector={"linf:0.3": 1.0},
+                                  attacks=[AttackOutcome("lid", "linf:0.3", a, 100, 1.0, 1.0, worst, 60.0) for a in attacks])
+        config = RobustnessConfig(["lid"], budgets=["linf:0.3"], model=model, steps=300)
+        return RobustnessReport(config, 0.99, model, [outcome], 1.0)
+
+    partial, full = report(("joint",), 0.4), report(SUITE, 0.9)
+    table = joined_table([full, partial], ["linf:0.1", "linf:0.3"])
+    assert "| lid | – | **90.0** (100) | 300 | 5.0–5.0 |" in table and "†" not in table
+    table = joined_table([partial, report(SUITE, 0.9, "runs/other-model")], ["linf:0.3"])
+    assert "| lid | **40.0**† (100) |" in table and "| lid (other-model) | **90.0** (100) |" in table
+    assert "lid at linf:0.3: joint" in table
+    assert f"| lid | – | {len(SUITE):.1f} |" in joined_wall_times([partial, full], ["linf:0.1", "linf:0.3"])

@@ -3,6 +3,7 @@ back from its JSON."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from neuroprint.adaptive.robustness import AttackOutcome, DetectorOutcome, RobustnessConfig, RobustnessReport
+from neuroprint.adaptive import make_adaptive_attack
+from neuroprint.adaptive.robustness import (
+    AttackOutcome,
+    Budget,
+    DetectorOutcome,
+    RobustnessConfig,
+    RobustnessReport,
+)
 from neuroprint.evaluation.report import from_fields, save_figure, tidy_panels
 from neuroprint.io import atomic_path, write_json
 
@@ -43,6 +51,90 @@ def markdown_table(report: RobustnessReport) -> str:
                          + (f"{100 * none:.1f}" if none is not None else "–") + f" | {100 * (o.fpr_test or 0):.1f} |")
     lines += ["", "Attacker's gradient per detector: "
               + "; ".join(f"{o.detector}: {o.gradient}" for o in report.outcomes if o.error is None) + "."]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One detector at one budget in a joined table: worst-case and no-detector rates (%), the attacks that ran,
+    whether they were the detector's whole suite, the steps per attack and the suite's wall time (seconds, on
+    the images attacked)."""
+
+    worst: float
+    no_detector: float
+    attacks: tuple[str, ...]
+    full_suite: bool
+    steps: int
+    seconds: float
+
+
+def join_reports(reports: list[RobustnessReport]) -> tuple[dict[str, dict[str, Cell]], dict[str, list[float]]]:
+    """Per row (a detector, with its model when that is not `mnist-net`) and budget the `Cell` of `reports`, and
+    per row the FPRs (%) reached on clean test images. Where several reports hold a cell, the one that ran more of
+    the suite wins."""
+    cells: dict[str, dict[str, Cell]] = {}
+    fpr_test: dict[str, list[float]] = {}
+    for report in reports:
+        model = Path(report.config.model).name
+        for outcome in report.outcomes:
+            if outcome.error is not None:
+                continue
+            label = outcome.detector if model == "mnist-net" else f"{outcome.detector} ({model})"
+            fpr_test.setdefault(label, []).append(100 * (outcome.fpr_test or 0.0))
+            name = outcome.detector.split(":")[0]
+            suite = {make_adaptive_attack(spec).name for spec in RobustnessConfig([name]).suite(name)}
+            for budget, worst in outcome.worst_case.items():
+                ran = [a for a in outcome.attacks if a.budget == budget and a.error is None]
+                names = tuple(a.attack for a in ran)
+                cell = Cell(100 * worst, 100 * outcome.no_detector.get(budget, math.nan), names, suite <= set(names),
+                            report.config.steps, sum(a.seconds for a in ran))
+                old = cells.setdefault(label, {}).get(budget)
+                if old is None or (cell.full_suite, len(cell.attacks)) > (old.full_suite, len(old.attacks)):
+                    cells[label][budget] = cell
+    return cells, fpr_test
+
+
+def _budget_header(budgets: list[str]) -> tuple[list[str], str]:
+    """The budgets' canonical keys and the Markdown header cells naming them."""
+    columns = [str(Budget.parse(b)) for b in budgets]
+    return columns, " | ".join(f"{'L-inf' if b.startswith('linf') else 'L2'} {b.split(':')[1]}" for b in columns)
+
+
+def joined_table(reports: list[RobustnessReport], budgets: list[str]) -> str:
+    """Markdown: worst-case SR@FPR (%) per row of `join_reports` and budget; in brackets the highest
+    misclassification rate of one attack with no detector. A cell from only part of the detector's suite is
+    marked with a dagger and its attacks are listed below the table (a lower bound from weaker attacks)."""
+    cells, fpr_test = join_reports(reports)
+    columns, header = _budget_header(budgets)
+    lines = [f"| detector | {header} | steps | FPR on clean test (%) |", "|---|" + "---|" * (len(columns) + 2)]
+    partial = []
+    for label, row in cells.items():
+        shown = []
+        for budget in columns:
+            cell = row.get(budget)
+            if cell is None:
+                shown.append("–")
+                continue
+            shown.append(f"**{cell.worst:.1f}**{'' if cell.full_suite else '†'} ({cell.no_detector:.0f})")
+            if not cell.full_suite:
+                partial.append(f"{label} at {budget}: {', '.join(cell.attacks)}")
+        steps = "/".join(str(s) for s in sorted({cell.steps for cell in row.values()}))
+        lines.append(f"| {label} | " + " | ".join(shown) + f" | {steps} | "
+                     f"{min(fpr_test[label]):.1f}–{max(fpr_test[label]):.1f} |")
+    if partial:
+        lines += ["", "† Part of the suite only (a lower bound from weaker attacks): " + "; ".join(partial) + "."]
+    return "\n".join(lines)
+
+
+def joined_wall_times(reports: list[RobustnessReport], budgets: list[str]) -> str:
+    """Markdown: per row of `join_reports` and budget, the minutes the suite took on the images attacked (images
+    that evade stop early, so a strong detector costs more than a broken one)."""
+    cells, _ = join_reports(reports)
+    columns, header = _budget_header(budgets)
+    lines = [f"| detector | {header} |", "|---|" + "---|" * len(columns)]
+    for label, row in cells.items():
+        lines.append(f"| {label} | " + " | ".join(f"{row[b].seconds / 60:.1f}" if b in row else "–" for b in columns)
+                     + " |")
     return "\n".join(lines)
 
 
