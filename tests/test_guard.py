@@ -190,6 +190,25 @@ def test_micro_batcher_runs_several_batches_at_once(guard_dir: Path, digits: Dat
     assert torch.equal(labels, guard.classifier.predict(digits.test.x[:16])) and most[0] == 2
 
 
+def test_micro_batcher_shares_a_burst_between_idle_workers(guard_dir: Path, digits: DataSplits) -> None:
+    guard = Guard.load(guard_dir, draws="seeded")
+    sizes: list[int] = []
+
+    async def run() -> list[torch.Tensor]:
+        batcher = MicroBatcher(guard.score, max_batch=8, max_wait_ms=50, workers=2,
+                               on_batch=lambda n, _: sizes.append(n))
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(digits.test.x[i : i + 1], lambda rows: rows.labels)
+                                          for i in range(8)))
+        finally:
+            await batcher.stop()
+
+    labels = torch.cat(asyncio.run(run()))
+    assert torch.equal(labels, guard.classifier.predict(digits.test.x[:8]))
+    assert sorted(sizes) == [4, 4]  # both workers idle: half of max_batch each, not 8 for one of them
+
+
 def test_micro_batcher_fails_only_the_request_whose_finish_raises(guard_dir: Path, digits: DataSplits) -> None:
     guard = Guard.load(guard_dir, draws="seeded")
 

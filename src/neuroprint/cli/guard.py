@@ -107,7 +107,8 @@ def serve(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="the model, if it has moved since fit")] = None,
     api_key_file: Annotated[Path | None, typer.Option(help="file holding the API key clients must send")] = None,
     model_name: Annotated[str, typer.Option(help="model name on the Open Inference Protocol routes")] = "guard",
-    max_batch: Annotated[int, typer.Option(help="images per micro-batch")] = 64,
+    max_batch: Annotated[int, typer.Option(help="most images per micro-batch (max-batch / workers while another "
+                                                "model thread is idle)")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
     max_images: Annotated[int, typer.Option(help="images per request")] = 256,
     workers: Annotated[int, typer.Option(help="model threads scoring micro-batches at once, each with "

@@ -2,7 +2,10 @@
 
 Requests wait at most `max_wait_ms` for company and a batch holds at most `max_batch` images (a request larger than
 that is scored alone). The model runs in `workers` threads, never on the event loop: up to `workers` batches at a
-time, the next batch formed only when a worker is free, so requests gather while all are busy.
+time, the next batch formed only when a worker is free, so requests gather while all are busy. A batch formed while
+another worker is idle too holds at most `max_batch / workers` images, so a burst is shared between the idle
+workers instead of filling one of them while the other waits (many clients sending one image each arrive in such
+bursts: BENCHMARKS.md, guard service).
 
 Everything that touches tensors happens in the model thread: joining the requests' images, scoring, cutting the
 verdict into each request's rows and each request's `finish` (e.g. rendering its response). A torch call releases
@@ -74,13 +77,14 @@ class MicroBatcher:
             first, carry = carry or await self._queue.get(), None
             batch = [first]
             size = len(first[0])
+            cap = self.max_batch if free.locked() else -(-self.max_batch // self.workers)
             deadline = time.monotonic() + self.max_wait
-            while size < self.max_batch:
+            while size < cap:
                 try:
                     item = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
                 except TimeoutError:
                     break
-                if size + len(item[0]) > self.max_batch:
+                if size + len(item[0]) > cap:
                     carry = item  # the first of the next batch
                     break
                 batch.append(item)
