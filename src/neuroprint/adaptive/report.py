@@ -86,8 +86,9 @@ def join_reports(reports: list[RobustnessReport]) -> tuple[dict[str, dict[str, C
             for budget, worst in outcome.worst_case.items():
                 ran = [a for a in outcome.attacks if a.budget == budget and a.error is None]
                 names = tuple(a.attack for a in ran)
-                cell = Cell(100 * worst, 100 * outcome.no_detector.get(budget, math.nan), names, suite <= set(names),
-                            report.config.steps, sum(a.seconds for a in ran))
+                no_detector = max((a.fooled for a in ran), default=math.nan)  # as `_measure_budget` defines it
+                cell = Cell(100 * worst, 100 * no_detector, names, suite <= set(names), report.config.steps,
+                            sum(a.seconds for a in ran))
                 old = cells.setdefault(label, {}).get(budget)
                 if old is None or (cell.full_suite, len(cell.attacks)) > (old.full_suite, len(old.attacks)):
                     cells[label][budget] = cell
@@ -102,7 +103,8 @@ def _budget_header(budgets: list[str]) -> tuple[list[str], str]:
 
 def joined_table(reports: list[RobustnessReport], budgets: list[str]) -> str:
     """Markdown: worst-case SR@FPR (%) per row of `join_reports` and budget; in brackets the highest
-    misclassification rate of one attack with no detector. A cell from only part of the detector's suite is
+    misclassification rate of one attack (what the classifier alone concedes; recomputed from the attacks, so
+    records written before `no_detector` meant that read alike). A cell from only part of the detector's suite is
     marked with a dagger and its attacks are listed below the table (a lower bound from weaker attacks)."""
     cells, fpr_test = join_reports(reports)
     columns, header = _budget_header(budgets)
