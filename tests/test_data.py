@@ -7,6 +7,8 @@ import importlib.util
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ from PIL import Image
 
 from neuroprint.data import DataSplits, load_dataset
 from neuroprint.data import mnist as mnist_module
+from neuroprint.data.folder import stream_folder
 from neuroprint.data.safe_pickle import load_pickle
 from neuroprint.errors import ConfigError, InputError
 
@@ -487,3 +490,47 @@ def test_npz_bad_arrays(tmp_path: Path, x: np.ndarray, y: np.ndarray, message: s
     np.savez(tmp_path / "d.npz", x=x, y=y)
     with pytest.raises(InputError, match=message):
         load_dataset("npz", path=tmp_path / "d.npz")
+
+
+def test_streamed_folder_yields_the_in_memory_images(tmp_path: Path) -> None:
+    make_folder(tmp_path / "imgs")
+    data = load_dataset("folder", path=tmp_path / "imgs", image_size=8, seed=1)
+    for part in ("train", "val", "test"):
+        batches = list(stream_folder(tmp_path / "imgs", part, image_size=8, seed=1, batch_size=2, workers=1))
+        assert torch.equal(torch.cat([x for x, _ in batches]), getattr(data, part).x)
+        assert torch.equal(torch.cat([y for _, y in batches]), getattr(data, part).y)
+    with pytest.raises(ConfigError, match="unknown part 'dev'; valid: train, val, test"):
+        stream_folder(tmp_path / "imgs", "dev")
+    with pytest.raises(ConfigError, match="workers must be an integer >= 0"):
+        stream_folder(tmp_path / "imgs", workers=-1)
+
+
+def _peak_rss_mb(folder: Path, read: str) -> float:
+    """Peak resident memory (MiB) of a fresh interpreter that reads every image of `folder` (`stream`ed in batches
+    of 16 and dropped, or loaded `whole`)."""
+    code = ("import sys\nfrom pathlib import Path\nfrom neuroprint.data.folder import folder, stream_folder\n"
+            f"path = {str(folder)!r}\n"
+            "if sys.argv[1] == 'stream':\n"
+            "    for part in ('train', 'val', 'test'):\n"
+            "        for x, y in stream_folder(path, part, image_size=128, batch_size=16, workers=0):\n"
+            "            pass\n"
+            "else:\n"
+            "    data = folder(path, image_size=128)\n"
+            "status = Path('/proc/self/status').read_text().split('VmHWM:')[1]\n"
+            "print(int(status.split()[0]) / 1024)\n")  # ru_maxrss would carry the parent's peak across exec
+    done = subprocess.run([sys.executable, "-c", code, read], capture_output=True, text=True, timeout=120, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return float(done.stdout)
+
+
+def test_streamed_folder_memory_stays_flat_as_the_folder_grows(tmp_path: Path) -> None:
+    """600 RGB images of 128 x 128 are 113 MiB as float32: loading them whole shows it, streaming them does not."""
+    rng = np.random.default_rng(0)
+    for n, root in ((60, tmp_path / "small"), (600, tmp_path / "large")):
+        for i in range(n):
+            (root / str(i % 2)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(root / str(i % 2) / f"{i}.png")
+    small, large = _peak_rss_mb(tmp_path / "small", "stream"), _peak_rss_mb(tmp_path / "large", "stream")
+    whole = _peak_rss_mb(tmp_path / "large", "whole")
+    assert whole - small > 80  # the measurement sees a folder held in memory
+    assert large - small < 20, (small, large)

@@ -25,6 +25,7 @@ from neuroprint.models.training import TrainConfig, accuracy
         ("mnist-net", {}, (2, 1, 28, 28)),
         ("cifar-net", {}, (2, 3, 32, 32)),
         ("resnet", {"depth": 8}, (2, 3, 32, 32)),
+        ("resnet50", {"num_classes": 10}, (2, 3, 32, 32)),
         ("small-cnn", {}, (2, 1, 8, 8)),
     ],
 )
@@ -32,6 +33,14 @@ def test_zoo_models_give_logits(name: str, kwargs: dict, shape: tuple) -> None:
     clf = Classifier(build_model(name, **kwargs))
     assert clf.logits(torch.rand(shape)).shape == (2, 10)
     assert clf.num_classes == 10
+
+
+def test_resnet50_has_the_imagenet_shape() -> None:
+    net = build_model("resnet50")
+    assert sum(p.numel() for p in net.parameters()) == 25_557_032  # torchvision's resnet50 count
+    clf = Classifier(net)
+    logits, outputs = clf.layer_outputs(torch.rand(1, 3, 224, 224))
+    assert logits.shape == (1, 1000) and outputs["stage4"].shape == (1, 2048, 7, 7)
 
 
 def test_mnist_net_follows_neuralfp_table3() -> None:
@@ -95,6 +104,15 @@ def test_extract_batches_and_memmaps(tiny_classifier: Classifier, digits: DataSp
         assert torch.allclose(whole[name], batched[name], atol=1e-5)
     assert torch.allclose(whole.logits, tiny_classifier(x), atol=1e-5)
     assert any(tmp_path.glob("*.npy"))
+
+
+def test_extract_refuses_activations_larger_than_memory(tiny_classifier: Classifier, digits: DataSplits,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 10 kB available, 50 images' activations do not fit: a clear error in memory, fine memory-mapped."""
+    monkeypatch.setattr("neuroprint.features.available_memory", lambda: 10_000)
+    with pytest.raises(InputError, match=r"activations of 50 inputs x \d+ neurons need .* GiB.*memmap_dir="):
+        extract(tiny_classifier, digits.test.x[:50])
+    assert len(extract(tiny_classifier, digits.test.x[:50], memmap_dir=tmp_path)) == 50
 
 
 @pytest.mark.parametrize(
@@ -179,3 +197,14 @@ def test_user_models_torchscript_and_import_path(tiny_classifier: Classifier, tm
         load_user_model("nowhere.module:factory")
     with pytest.raises(InputError, match="TorchScript"):
         load_user_model(str(tmp_path / "absent.pt"))
+
+
+def test_checkpoint_of_a_user_factory_loads_by_import_path(tmp_path: Path) -> None:
+    """What the README shows for torchvision's ResNet-50: wrap a factory's model, save it, load it for the CLI."""
+    torch.manual_seed(0)
+    user = Classifier(build_model("small-cnn", width=4), mean=[0.5], std=[0.25])
+    save_checkpoint(user, tmp_path / "ck", {"architecture": "neuroprint.models.zoo:small_cnn",
+                                            "arch_kwargs": {"width": 4}})
+    loaded, _ = load_checkpoint(tmp_path / "ck")
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(loaded(x), user(x))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neuroprint.errors import ConfigError
+from neuroprint.errors import ConfigError, InputError
 from neuroprint.models.classifier import Classifier
 
 Pooling = Literal["avg", "stats", "flatten"]
@@ -87,6 +87,8 @@ def extract(
         xb = x[start : start + batch_size].to(classifier.device)
         logits, acts = activations(classifier, xb, layers, pooling)
         if logits_out is None:
+            if memmap_dir is None:
+                check_fits_in_memory(n, logits.shape[1] + sum(v.shape[1] for v in acts.values()))
             logits_out = _allocate(n, logits.shape[1], "logits", memmap_dir)
             stores = {k: _allocate(n, v.shape[1], k, memmap_dir) for k, v in acts.items()}
         logits_out[start : start + len(xb)] = logits.cpu()
@@ -94,6 +96,28 @@ def extract(
             stores[k][start : start + len(xb)] = v.cpu()
     assert logits_out is not None  # x is non-empty (checked above)
     return Features(logits_out, stores)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux `MemAvailable`), or None where unknown."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def check_fits_in_memory(n: int, width: int) -> None:
+    """Raise `InputError` when `n` inputs x `width` float32 activations would not fit in the available memory,
+    naming the ways out, rather than let the operating system kill the process half-way."""
+    needed, available = 4 * n * width, available_memory()
+    if available is not None and needed > available:
+        raise InputError(f"the activations of {n} inputs x {width} neurons need {needed / 2**30:.1f} GiB, more than "
+                         f"the {available / 2**30:.1f} GiB of memory available; extract with memmap_dir= (memory-"
+                         "mapped on disk), use fewer layers or pooling='avg', or fit on fewer images")
 
 
 def _allocate(n: int, d: int, name: str, memmap_dir: str | Path | None) -> torch.Tensor:

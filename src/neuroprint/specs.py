@@ -1,4 +1,4 @@
-"""The `"name:key=value,..."` spec syntax that names an attack or a detector with its parameters.
+"""The `"name:key=value,..."` spec syntax that names an attack, a detector or a dataset with its parameters.
 
 Examples: `pgd:eps=0.1,steps=20`, `torchattacks.APGD:eps=0.3,loss=ce`, `bank:d=20,k=10,layers=fc1+fc2`.
 """

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from neuroprint.adaptive.views import DetectorView
 from neuroprint.attacks.base import check_labels
 from neuroprint.checks import check_choice, check_float, check_int, check_seed
+from neuroprint.distributed import SINGLE, Ranks, batch_seed
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.models.classifier import Classifier, input_gradients_only
 
@@ -93,8 +94,10 @@ class AdaptiveAttack(ABC):
         arrive sliced to the `B` active images; a direction that updates them in place keeps the update."""
 
     def __call__(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int = 100, progress: bool = False) -> AdaptiveResult:
-        """Attack images `x` `[N, C, H, W]` (in the classifier's bounds) with true labels `y` `[N]`."""
+                 batch_size: int = 100, progress: bool = False, ranks: Ranks = SINGLE) -> AdaptiveResult:
+        """Attack images `x` `[N, C, H, W]` (in the classifier's bounds) with true labels `y` `[N]`. Every batch's
+        restarts are seeded by its position in the set, so with `ranks` of a torchrun job (every rank attacks its
+        block of batches, every rank gets the gathered whole) the result is the single-process one."""
         self._check_applies(view)
         classifier.check_input(x)
         low, high = classifier.bounds
@@ -106,23 +109,30 @@ class AdaptiveAttack(ABC):
         was_training = classifier.training
         classifier.eval()
         parts: list[AdaptiveResult] = []
-        generator = torch.Generator()
-        if self.params["random_state"] is None:
-            generator.seed()
-        else:
-            generator.manual_seed(self.params["random_state"])
+        seed = self.params["random_state"]
         try:
             with input_gradients_only(classifier), torch.enable_grad():
-                for start in tqdm(range(0, len(x), batch_size), desc=self.name, unit="batch", disable=not progress):
+                for number in tqdm(ranks.batches(len(x), batch_size), desc=self.name, unit="batch",
+                                   disable=not progress or not ranks.main):
+                    start = number * batch_size
+                    generator = torch.Generator()
+                    if seed is None:
+                        generator.seed()
+                    else:
+                        generator.manual_seed(batch_seed(seed, start))
                     xb = x[start : start + batch_size].to(classifier.device)
                     yb = y[start : start + batch_size].to(classifier.device)
                     parts.append(self._batch(classifier, view, xb, yb, generator))
         finally:
             classifier.train(was_training)
-        weights = [len(p.fooled) / len(x) for p in parts]
-        curve = [sum(w * p.curve[i] for w, p in zip(weights, parts, strict=True)) for i in range(len(parts[0].curve))]
-        return AdaptiveResult(torch.cat([p.x_adv for p in parts]), torch.cat([p.fooled for p in parts]),
-                              torch.cat([p.evades for p in parts]), curve, sum(p.image_steps for p in parts))
+        length = self.params["steps"] * self.params["restarts"]  # every batch records one value per step
+        sizes = ranks.gather_rows(torch.tensor([len(p.fooled) for p in parts], dtype=torch.float64))
+        curves = ranks.gather_rows(torch.tensor([p.curve for p in parts], dtype=torch.float64).reshape(-1, length))
+        image_steps = ranks.gather_rows(torch.tensor([p.image_steps for p in parts], dtype=torch.long))
+        curve = (sizes[:, None] / len(x) * curves).sum(0).tolist()
+        x_adv, fooled, evades = (ranks.gather_rows(torch.cat([getattr(p, name) for p in parts] or [empty]))
+                                 for name, empty in (("x_adv", x[:0]), ("fooled", y[:0].bool()), ("evades", y[:0].bool())))
+        return AdaptiveResult(x_adv, fooled, evades, curve, int(image_steps.sum()))
 
     def _batch(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor,
                generator: torch.Generator) -> AdaptiveResult:

@@ -15,16 +15,20 @@ from safetensors.torch import load_file, save_file
 from neuroprint.adaptive.base import AdaptiveAttack, AdaptiveResult
 from neuroprint.adaptive.views import DetectorView
 from neuroprint.data import Split
+from neuroprint.distributed import SINGLE, Ranks
 from neuroprint.io import atomic_path, write_json
 from neuroprint.models.classifier import Classifier
 
 
 def cached_attack(attack: AdaptiveAttack, classifier: Classifier, view: DetectorView, sources: Split, key: str,
-                   directory: Path, batch_size: int, progress: bool) -> tuple[AdaptiveResult, float]:
+                  directory: Path, batch_size: int, progress: bool,
+                  ranks: Ranks = SINGLE) -> tuple[AdaptiveResult, float]:
     """Run `attack` on `sources`, or reuse its cached output (`x_adv` and the attacker's records; whether the
-    classifier is fooled is recomputed, as are the defender's verdicts); returns it and the attack's seconds."""
+    classifier is fooled is recomputed, as are the defender's verdicts); returns it and the attack's seconds.
+    With `ranks` of a torchrun job the main rank's look into the cache decides for all, the attack is sharded
+    and the main rank writes the entry."""
     path = directory / f"{attack.name}-{key}"
-    if Path(f"{path}.json").is_file() and Path(f"{path}.safetensors").is_file():
+    if ranks.agree(Path(f"{path}.json").is_file() and Path(f"{path}.safetensors").is_file()):
         meta = json.loads(Path(f"{path}.json").read_text())
         tensors = load_file(f"{path}.safetensors")
         x_adv = tensors["x_adv"]
@@ -32,8 +36,10 @@ def cached_attack(attack: AdaptiveAttack, classifier: Classifier, view: Detector
         evades = tensors["evades"] & fooled
         return AdaptiveResult(x_adv, fooled, evades, meta["curve"], meta["image_steps"]), float(meta["seconds"])
     start = time.perf_counter()
-    result = attack(classifier, view, sources.x, sources.y, batch_size=batch_size, progress=progress)
+    result = attack(classifier, view, sources.x, sources.y, batch_size=batch_size, progress=progress, ranks=ranks)
     seconds = time.perf_counter() - start
+    if not ranks.main:
+        return result, seconds
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(f"{path}.safetensors") as tmp:
         save_file({"x_adv": result.x_adv.contiguous(), "evades": result.evades}, str(tmp))

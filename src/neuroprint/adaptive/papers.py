@@ -21,6 +21,7 @@ from neuroprint.adaptive.views import DetectorView
 from neuroprint.attacks.base import Attack
 from neuroprint.checks import check_float, check_int
 from neuroprint.detectors.nnif import NNIFDetector
+from neuroprint.distributed import SINGLE, Ranks
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier
 from neuroprint.registry import ADAPTIVE_ATTACKS
@@ -40,9 +41,9 @@ class PaperAttack(AdaptiveAttack):
         raise NotImplementedError
 
     def __call__(self, classifier: Classifier, view: DetectorView, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int = 100, progress: bool = False) -> AdaptiveResult:
+                 batch_size: int = 100, progress: bool = False, ranks: Ranks = SINGLE) -> AdaptiveResult:
         self._check_applies(view)
-        result = self.inner(view)(classifier, x, y, batch_size=batch_size, progress=progress)
+        result = self.inner(view)(classifier, x, y, batch_size=batch_size, progress=progress, ranks=ranks)
         adv = self._project(x, result.x_adv, classifier)
         with torch.no_grad():
             out = view(adv)

@@ -16,7 +16,9 @@ lost when any attack got it through; a randomized one gives the attacker no retr
 with no detector judging (the highest misclassification rate of one attack of the suite at that budget; the worst
 case can exceed it, as attacks get through on different images), and the FPR the threshold actually reaches on
 clean test images.
-Adaptive outputs are cached under `cache_dir`/robustness, keyed by everything that determines them.
+Adaptive outputs are cached under `cache_dir`/robustness, keyed by everything that determines them. Under
+torchrun (`neuroprint.distributed`) every rank fits the detectors (the main rank's threshold is shared, so all
+attack the same detector), attacks its shard of the images, and the main rank reports.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from neuroprint.adaptive.feature_matching import FeatureMatching
 from neuroprint.adaptive.views import DetectorView, detector_view
 from neuroprint.data import Split, load_dataset
 from neuroprint.detectors import Detector
+from neuroprint.distributed import SINGLE, Ranks, muted
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.evaluation import metrics
 from neuroprint.evaluation.protocol import EvalConfig, cached_adversarial_set, load_model
@@ -191,12 +194,18 @@ class RobustnessReport:
         }
 
 
-def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = print) -> RobustnessReport:
-    """Fit every detector, attack it with the suite at every budget, and measure SR@FPR (module docstring)."""
+def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = print,
+                   ranks: Ranks = SINGLE) -> RobustnessReport | None:
+    """Fit every detector, attack it with the suite at every budget, and measure SR@FPR (module docstring).
+    With `ranks` of a torchrun job every rank must call this; the main rank returns the report, the others None."""
     start = time.perf_counter()
+    if not ranks.main:
+        progress, log = False, muted
     ev = config.evaluation
     data = load_dataset(config.dataset, **config.dataset_options)
-    classifier, model_dir = load_model(config.model, data, config.train, config.cache_dir, config.device, progress, log)
+    with ranks.main_first():  # the main rank trains an uncached model; the others then load it
+        classifier, model_dir = load_model(config.model, data, config.train, config.cache_dir,
+                                           ranks.device(config.device), progress, log)
     model_tag = Path(model_dir).name
     splits = protocol_splits(classifier, data, config.n_fit, max(2 * config.n_attack, N_TEST_CLEAN), config.seed)
     sources = correct_clean(classifier, data.test, splits.test_adv_index)
@@ -204,7 +213,7 @@ def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = p
     clean_accuracy = accuracy(classifier, data.test)
     log(f"model {model_tag}: clean test accuracy {clean_accuracy:.4f}; attacking {len(sources)} test images")
     fit_adv, _ = cached_adversarial_set(classifier, model_tag, config.fit_attack, data.val, "val",
-                                        splits.val_adv_index, config.cache_dir, config.batch_size, progress)
+                                        splits.val_adv_index, config.cache_dir, config.batch_size, progress, ranks)
     x_adv_fit = fit_adv.x_adv[fit_adv.success]
     outcomes = []
     for spec in config.detectors:
@@ -221,7 +230,7 @@ def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = p
             log(f"{spec}: not evaluated ({exc})")
             continue
         detector.calibrate(splits.val_calib.x, fpr=config.fpr)
-        outcome.threshold = detector.threshold_
+        detector.threshold_ = outcome.threshold = ranks.share(detector.threshold_)
         view = detector_view(detector, draws=config.eot)
         every = torch.ones(len(splits.test_clean), dtype=torch.bool)
         outcome.fpr_test = 1.0 - _success_rate(detector, view, splits.test_clean.x, every)
@@ -230,13 +239,15 @@ def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = p
             f"{outcome.fpr_test:.3f} on clean test images); attacker's gradient: {view.gradient}")
         for budget in config.parsed_budgets:
             _measure_budget(config, classifier, detector, view, budget, sources, splits.val_clean, model_dir,
-                            outcome, progress, log)
+                            outcome, progress, log, ranks)
+    if not ranks.main:
+        return None
     return RobustnessReport(config, clean_accuracy, model_dir, outcomes, time.perf_counter() - start)
 
 
 def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: Detector, view: DetectorView,
                     budget: Budget, sources: Split, guides: Split, model_dir: str, outcome: DetectorOutcome,
-                    progress: bool, log: Log) -> None:
+                    progress: bool, log: Log, ranks: Ranks) -> None:
     """Run the suite against `detector` at `budget` on `sources`; append to `outcome` every attack's SR@FPR, the
     worst case and the success with no detector judging (the highest misclassification rate of one attack)."""
     chosen = sources.x.clone()  # per image, the attacker's pick among the suite's outputs
@@ -249,7 +260,7 @@ def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: 
         key = _key(model_dir, outcome.detector, config, attack, sources, detector.threshold_)
         try:
             result, seconds = cached_attack(attack, classifier, view, sources, key,
-                                             config.cache_dir / "robustness", config.batch_size, progress)
+                                             config.cache_dir / "robustness", config.batch_size, progress, ranks)
         except (ConfigError, InputError) as exc:  # this attack cannot run here; the others still can
             log(f"  {outcome.detector} {budget} {attack.name}: not run ({exc})")
             outcome.attacks.append(AttackOutcome(outcome.detector, str(budget), attack.name, len(sources), error=str(exc)))
@@ -257,9 +268,9 @@ def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: 
         check = torch.where(result.fooled, _checks(view, result.x_adv), math.inf)
         better = check < chosen_check
         chosen[better], chosen_check[better] = result.x_adv[better], check[better]
-        fooled = float(result.fooled.float().mean())
+        fooled = float(result.fooled.double().mean())
         outcome.attacks.append(AttackOutcome(
-            outcome.detector, str(budget), attack.name, len(sources), fooled, float(result.evades.float().mean()),
+            outcome.detector, str(budget), attack.name, len(sources), fooled, float(result.evades.double().mean()),
             _success_rate(detector, view, result.x_adv, result.fooled), seconds, attack.params["steps"],
             attack.params["restarts"], 1000 * seconds / result.image_steps if seconds and result.image_steps else None,
             result.curve))

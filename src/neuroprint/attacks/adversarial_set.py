@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from neuroprint.attacks.base import Attack, check_labels
+from neuroprint.distributed import SINGLE, Ranks
 from neuroprint.errors import InputError
 from neuroprint.io import atomic_path, read_json, versions, write_json
 from neuroprint.models.classifier import Classifier
@@ -150,11 +151,13 @@ def build_adversarial_set(
     batch_size: int = 256,
     progress: bool = False,
     meta: dict[str, Any] | None = None,
+    ranks: Ranks = SINGLE,
 ) -> AdversarialSet:
     """Attack the images of `x` `[N, C, H, W]` that `classifier` labels correctly (true labels `y` `[N]`).
 
     `source_index` `[N]` gives each image's index in split `split` (default ``arange(N)``). `meta` gains
     `n_input` and `n_correct` (the clean images offered and kept). Raises `InputError` if none is correct.
+    With `ranks` of a torchrun job the attack is sharded across them (`Attack.__call__`); every rank gets the set.
 
     Example:
         >>> adv = build_adversarial_set(clf, make_attack("pgd"), data.test.x[:500], data.test.y[:500])
@@ -172,7 +175,7 @@ def build_adversarial_set(
     correct = classifier.predict(x, batch_size) == y
     if not bool(correct.any()):
         raise InputError(f"none of the {len(x)} images is classified correctly; there is nothing to attack")
-    result = attack(classifier, x[correct], y[correct], batch_size=batch_size, progress=progress)
+    result = attack(classifier, x[correct], y[correct], batch_size=batch_size, progress=progress, ranks=ranks)
     return AdversarialSet(
         x_adv=result.x_adv,
         source_index=source_index[correct],

@@ -1,8 +1,9 @@
 """`Attack` base class and `AttackResult`: what every attack shares, so subclasses write only the per-batch loop.
 
 The base checks inputs, puts the classifier in eval mode with its parameters frozen (attacks need input gradients
-only), never mutates the caller's tensors or model, batches with an optional progress bar, seeds stochastic
-attacks, projects onto the L-inf ball when the attack has an `eps`, clips to the classifier's bounds, and
+only), never mutates the caller's tensors or model, batches with an optional progress bar, seeds every batch of
+a stochastic attack by its position in the set (so a torchrun job sharding the batches across ranks,
+`neuroprint.distributed`, gets exactly a single process's result), projects onto the L-inf ball when the attack has an `eps`, clips to the classifier's bounds, and
 recomputes success and perturbation norms from the classifier itself (a library's own success flag is never
 trusted: foolbox CW/EAD return all-zero images where they fail and call them success).
 """
@@ -17,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from neuroprint.distributed import SINGLE, Ranks, batch_seed
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.models.classifier import Classifier, input_gradients_only
 from neuroprint.registry import ATTACKS
@@ -56,7 +58,7 @@ class Attack(ABC):
     Subclasses store their hyperparameters through ``super().__init__(**params)`` (the full resolved parameters,
     JSON-serialisable, kept in `params`) and implement `_perturb` for one batch already on `classifier.device`.
     A subclass whose params contain `eps` and whose `norm` is ``"linf"`` is projected onto that L-inf ball;
-    a `random_state` param (an int) seeds torch's generators for the duration of the call.
+    a `random_state` param (an int) seeds torch's generators for every batch (`distributed.batch_seed`).
     """
 
     name: str = "attack"
@@ -79,13 +81,15 @@ class Attack(ABC):
         y: torch.Tensor,
         batch_size: int = 256,
         progress: bool = False,
+        ranks: Ranks = SINGLE,
     ) -> AttackResult:
         """Attack images `x` `[N, C, H, W]` (pixels in `classifier.bounds`) with true labels `y` `[N]` (int).
 
         Every image is attacked, including ones the classifier already gets wrong (their `success` is then
         trivially true); `build_adversarial_set` filters to correctly classified images first. Batches of
         `batch_size` images run on `classifier.device`; `progress` shows a tqdm bar. Bad images or labels raise
-        `InputError`, a bad `batch_size` or a classifier the attack cannot handle `ConfigError`.
+        `InputError`, a bad `batch_size` or a classifier the attack cannot handle `ConfigError`. With `ranks` of
+        a torchrun job, every rank attacks its block of batches and every rank returns the gathered whole.
         """
         if not isinstance(classifier, Classifier):
             raise InputError(f"classifier must be a neuroprint Classifier, got {type(classifier).__name__}")
@@ -97,20 +101,23 @@ class Attack(ABC):
         device = classifier.device
         was_training = classifier.training
         classifier.eval()
-        chunks = []
+        seed = self.params.get("random_state")
+        x_adv, adv_pred, clean_pred = [x[:0]], [y[:0]], [y[:0]]
         try:
-            with input_gradients_only(classifier), _seeded(self.params.get("random_state"), device), torch.enable_grad():
-                starts = range(0, len(x), batch_size)
-                for start in tqdm(starts, desc=self.name, unit="batch", disable=not progress):
-                    xb = x[start : start + batch_size].to(device).clone()
+            with input_gradients_only(classifier), torch.enable_grad():
+                for number in tqdm(ranks.batches(len(x), batch_size), desc=self.name, unit="batch",
+                                   disable=not progress or not ranks.main):
+                    start = number * batch_size
+                    xb = x[start : start + batch_size].to(device)
                     yb = y[start : start + batch_size].to(device)
-                    adv = self._perturb(classifier, xb.clone(), yb).detach()
-                    chunks.append(self._project(xb, adv, classifier.bounds).cpu())
-            x_adv = torch.cat(chunks)
-            adv_pred = classifier.predict(x_adv, batch_size)
-            clean_pred = classifier.predict(x, batch_size)
+                    with _seeded(None if seed is None else batch_seed(seed, start), device):
+                        adv = self._perturb(classifier, xb.clone(), yb).detach()
+                    x_adv.append(self._project(xb, adv, classifier.bounds).cpu())
+                    adv_pred.append(classifier.predict(x_adv[-1], batch_size))
+                    clean_pred.append(classifier.predict(xb, batch_size))
         finally:
             classifier.train(was_training)
+        x_adv, adv_pred, clean_pred = (ranks.gather_rows(torch.cat(parts)) for parts in (x_adv, adv_pred, clean_pred))
         delta = (x_adv - x).flatten(1)
         return AttackResult(
             x_adv=x_adv,

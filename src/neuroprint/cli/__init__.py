@@ -41,3 +41,6 @@ def main() -> None:
             exc.show()
             sys.exit(2)
         raise
+    finally:
+        if (distributed := sys.modules.get("neuroprint.distributed")) is not None:
+            distributed.close()  # leave a torchrun job's process group, if one was joined

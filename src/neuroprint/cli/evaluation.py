@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from neuroprint.cli.options import (
+    BatchSize,
     CacheDir,
     DataPath,
     Dataset,
@@ -57,17 +58,24 @@ def evaluate(
     json_path: JsonPath = None,
     cache_dir: CacheDir = Path("runs/cache"),
     device: Device = "cpu",
+    batch_size: BatchSize = 256,
 ) -> None:
-    """Evaluate every detector on every attack with the leakage-free protocol; prints a Markdown table."""
+    """Evaluate every detector on every attack with the leakage-free protocol; prints a Markdown table.
+
+    Under `torchrun --nproc-per-node N -m neuroprint evaluate ...` the attacks are sharded across the N ranks and
+    rank 0 fits, scores and writes the same report a single process would."""
+    from neuroprint.distributed import ranks
     from neuroprint.evaluation.protocol import EvalConfig, run_evaluation
     from neuroprint.evaluation.report import markdown_table, write_outputs
     config = EvalConfig(
         dataset=dataset, dataset_options=dataset_options(data_path), model=model,
         train=train_config(epochs, seed), attacks=attack_specs,
         detectors=detector, fit_attacks=fit_attack or None, n_fit=n_fit, n_test=n_test, seed=seed,
-        cache_dir=cache_dir, device=device,
+        batch_size=batch_size, cache_dir=cache_dir, device=device,
     )
-    publish(run_evaluation(config, log=echo), write_outputs, markdown_table, out_dir, json_path)
+    report = run_evaluation(config, log=echo, ranks=ranks(device))
+    if report is not None:
+        publish(report, write_outputs, markdown_table, out_dir, json_path)
 
 
 def robustness(
@@ -94,18 +102,25 @@ def robustness(
     json_path: JsonPath = None,
     cache_dir: CacheDir = Path("runs/cache"),
     device: Device = "cpu",
+    batch_size: BatchSize = 100,
 ) -> None:
-    """Attack every detector with adaptive attackers who know it; prints SR@FPR per attack, budget and worst case."""
+    """Attack every detector with adaptive attackers who know it; prints SR@FPR per attack, budget and worst case.
+
+    Under `torchrun --nproc-per-node N -m neuroprint robustness ...` the attacked images are sharded across the N
+    ranks and rank 0 writes the report."""
     from neuroprint.adaptive.report import markdown_table, write_outputs
     from neuroprint.adaptive.robustness import RobustnessConfig, run_robustness
+    from neuroprint.distributed import ranks
     config = RobustnessConfig(
         detectors=detector, budgets=eps or ["linf:0.1", "linf:0.3"], attacks=attack_specs, dataset=dataset,
         dataset_options=dataset_options(data_path), model=model,
         train=train_config(epochs, seed), fit_attack=fit_attack,
         n_fit=n_fit, n_attack=n_attack, steps=steps, restarts=restarts, eot=eot, fpr=fpr, seed=seed,
-        cache_dir=cache_dir, device=device,
+        batch_size=batch_size, cache_dir=cache_dir, device=device,
     )
-    publish(run_robustness(config, log=echo), write_outputs, markdown_table, out_dir, json_path)
+    report = run_robustness(config, log=echo, ranks=ranks(device))
+    if report is not None:
+        publish(report, write_outputs, markdown_table, out_dir, json_path)
 
 
 def demo(

@@ -53,9 +53,16 @@ def score(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="the model, if it has moved since fit")] = None,
     seeded: Annotated[bool, typer.Option("--seeded", help="reproducible draws instead of the OS CSPRNG")] = False,
 ) -> None:
-    """Classify and score images with a guard: one JSON line (or CSV row) per image, a summary on stderr."""
+    """Classify and score images with a guard: one JSON line (or CSV row) per image, a summary on stderr.
+
+    Under `torchrun --nproc-per-node N -m neuroprint score ...` every rank reads and scores its block of batches
+    and rank 0 writes all lines, in input order."""
+    import io
+
+    import torch
     from tqdm import tqdm
 
+    from neuroprint.distributed import ranks
     from neuroprint.guard import Guard
     from neuroprint.guard.inputs import input_batches
     from neuroprint.io import atomic_path
@@ -64,28 +71,42 @@ def score(
         raise ConfigError(f"--format must be jsonl or csv, got {fmt!r}")
     if top_k < 1 or batch_size < 1:
         raise ConfigError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}")
+    job = ranks()
     guard = Guard.load(guard_dir, checkpoint, draws="seeded" if seeded else "secure")
-    total, batches = input_batches(input_path, guard.image_shape, batch_size)
+    count, batches = input_batches(input_path, guard.image_shape, batch_size, job)
     keys = list(guard.detectors)
     flagged = 0
 
     def write(stream: typer.FileTextWrite) -> None:
         nonlocal flagged
-        if fmt == "csv":
+        if fmt == "csv" and job.main:
             stream.write(",".join(["file", "label", "probability", *[f"score_{k}" for k in keys], "flagged"]) + "\n")
-        with tqdm(total=total, unit="img", desc="scoring", file=sys.stderr) as bar:
+        with tqdm(total=count, unit="img", desc="scoring", file=sys.stderr, disable=not job.main) as bar:
             for names, x in batches:
                 for name, record in zip(names, guard.score(x).records(guard.thresholds, top_k)):
                     flagged += record["flagged"]
                     stream.write(_line(fmt, name, record, keys))
                 bar.update(len(x))
 
+    produce = write
+    if job.world > 1:  # every rank's lines, gathered in rank order: the input order
+        mine = io.StringIO()
+        write(mine)  # type: ignore[arg-type]
+        text = job.gather_text(mine.getvalue())
+        count, flagged = (int(job.gather_rows(torch.tensor([n])).sum()) for n in (count, flagged))
+        if not job.main:
+            return
+
+        def write_gathered(stream: typer.FileTextWrite) -> None:
+            stream.write(text)
+
+        produce = write_gathered
     if output is None:
-        write(sys.stdout)  # type: ignore[arg-type]
+        produce(sys.stdout)  # type: ignore[arg-type]
     else:
         with atomic_path(output) as tmp, tmp.open("w") as stream:
-            write(stream)  # type: ignore[arg-type]
-    typer.echo(f"{total} images scored, {flagged} flagged ({100 * flagged / max(total, 1):.1f}%) by "
+            produce(stream)  # type: ignore[arg-type]
+    typer.echo(f"{count} images scored, {flagged} flagged ({100 * flagged / max(count, 1):.1f}%) by "
                f"{', '.join(keys)} at FPR {guard.meta.get('fpr')}", err=True)
 
 

@@ -70,14 +70,19 @@ def attack(
     dataset: Dataset = "mnist",
     data_path: DataPath = None,
     split: Annotated[str, typer.Option(help="split to attack: train, val or test")] = "test",
-    n: Annotated[int, typer.Option("--n", help="number of source images (first n of the split)")] = 500,
+    n: Annotated[int, typer.Option("--n", "--n-images", help="number of source images (first n of the split; "
+                                   "under torchrun write --n-images, as torchrun takes --n for its own)")] = 500,
     batch_size: Annotated[int, typer.Option(help="attack batch size")] = 256,
 ) -> None:
-    """Attack the correctly classified images among the first N of a split; writes an adversarial set."""
+    """Attack the correctly classified images among the first N of a split; writes an adversarial set.
+
+    Under `torchrun --nproc-per-node N -m neuroprint attack ...` the batches are sharded across the N ranks and
+    rank 0 writes the set a single process would."""
     import torch
 
     from neuroprint.attacks import build_adversarial_set, make_attack
     from neuroprint.data import load_dataset
+    from neuroprint.distributed import ranks
     from neuroprint.models.checkpoint import load_checkpoint
 
     if split not in ("train", "val", "test"):
@@ -88,8 +93,11 @@ def attack(
     attack_obj = make_attack(attack_spec)
     part = getattr(load_dataset(dataset, **dataset_options(data_path)), split)
     index = torch.arange(min(n, len(part)))
+    job = ranks()
     adv = build_adversarial_set(clf, attack_obj, part.x[index], part.y[index], source_index=index, split=split,
-                                batch_size=batch_size, progress=True)
+                                batch_size=batch_size, progress=True, ranks=job)
+    if not job.main:
+        return
     adv.save(out)
     ok = adv.success
     typer.echo(f"{attack_obj.name}: {int(ok.sum())}/{len(ok)} successful ({100 * float(ok.float().mean()):.1f}%); "

@@ -9,7 +9,8 @@ import typer
 if TYPE_CHECKING:
     from neuroprint.models.training import TrainConfig
 
-Dataset = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `neuroprint list`)")]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="dataset name or spec (see `neuroprint list`), "
+                                                              "e.g. folder:image_size=224")]
 DataPath = Annotated[str | None, typer.Option("--data-path", help="directory/file for cifar10, folder, npz, mnist (mnist.pkl.gz, "
                                                                   "mnist.npz or a directory of the IDX files)")]
 Seed = Annotated[int, typer.Option(help="random seed (data order, sampling)")]
@@ -18,6 +19,7 @@ Model = Annotated[str, typer.Option("--model", "-m", help="architecture to train
 Epochs = Annotated[int, typer.Option(help="training epochs when the model is trained here")]
 NFit = Annotated[int, typer.Option(help="validation source images (half clean, half attacked)")]
 JsonPath = Annotated[Path | None, typer.Option("--json", help="also write the JSON record here")]
+BatchSize = Annotated[int, typer.Option(help="images per attack batch (also the unit torchrun shards by)")]
 CacheDir = Annotated[Path, typer.Option(help="cache of trained models, adversarial sets and adaptive attacks")]
 
 

@@ -10,11 +10,14 @@ from neuroprint.data import mnist as _mnist  # noqa: F401  (registers "mnist")
 from neuroprint.data import npz as _npz  # noqa: F401  (registers "npz")
 from neuroprint.data.base import DataSplits, Split
 from neuroprint.registry import DATASETS
+from neuroprint.specs import parse_spec
 
 
 def load_dataset(name: str, **options: Any) -> DataSplits:
-    """Load a registered dataset by name (see `DATASETS.available()`)."""
-    return DATASETS.create(name, **options)
+    """Load a registered dataset by name (see `DATASETS.available()`) or by spec with its options, e.g.
+    `load_dataset("folder:image_size=224", path="imagenet/val")`; keyword `options` win over the spec's."""
+    base, params = parse_spec(name)
+    return DATASETS.create(base, **{**params, **options})
 
 
 __all__ = ["DATASETS", "DataSplits", "Split", "load_dataset"]

@@ -64,7 +64,11 @@ def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> t
     return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
 
 
-def make_splits(name: str, x: torch.Tensor, y: torch.Tensor, seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> DataSplits:
+SPLIT_FRACTIONS = (0.7, 0.15, 0.15)  # train, validation, test shares of sources that ship no official split
+
+
+def make_splits(name: str, x: torch.Tensor, y: torch.Tensor, seed: int,
+                fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> DataSplits:
     """Split one labelled pool `x`, `y` deterministically (used by sources that ship no official split)."""
     tr, va, te = split_indices(len(x), fractions, seed)
     return DataSplits(name, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]), int(y.max()) + 1)

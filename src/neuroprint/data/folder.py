@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
-from neuroprint.data.base import DataSplits, make_splits
+from neuroprint.checks import check_int
+from neuroprint.data.base import SPLIT_FRACTIONS, DataSplits, Split, split_indices
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.registry import DATASETS
 
@@ -20,20 +22,37 @@ def read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
             image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            return np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy expects
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read the image {path} ({type(exc).__name__}: {exc})") from None
 
 
-@DATASETS.register("folder")
-def folder(path: str | Path, image_size: int = 32, channels: int = 3, seed: int = 0) -> DataSplits:
-    """Images under `path/<class name>/`, one subfolder per class; labels follow the sorted subfolder names.
+class FolderImages(Dataset[tuple[torch.Tensor, int]]):
+    """Image files read lazily, one per item: `(image [channels, image_size, image_size] float32 in [0, 1], label)`.
 
-    Every file with an image suffix (`IMAGE_SUFFIXES`, any case) directly inside a class folder is read, converted
-    to grey (`channels=1`) or RGB (`channels=3`) and stretched to `image_size` x `image_size` pixels (bilinear);
-    other files, hidden entries and nested folders are ignored. Returns `[N, channels, image_size, image_size]`
-    in [0, 1], split 70/15/15 after a shuffle with `seed`.
-    """
+    Nothing is decoded until an item is asked for, so a `torch.utils.data.DataLoader` with workers streams a folder
+    of any size in memory that does not grow with it (`stream_folder`)."""
+
+    def __init__(self, files: list[Path], labels: list[int], image_size: int, channels: int) -> None:
+        self.files, self.labels, self.image_size, self.channels = files, labels, image_size, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        pixels = read_image(self.files[index], self.image_size, self.channels)
+        image = torch.from_numpy(pixels).reshape(self.image_size, self.image_size, self.channels)
+        return image.permute(2, 0, 1).float().div(255.0), self.labels[index]
+
+    def subset(self, index: torch.Tensor) -> FolderImages:
+        """The items at `index` (int64 `[M]`), still unread."""
+        return FolderImages([self.files[i] for i in index.tolist()], [self.labels[i] for i in index.tolist()],
+                            self.image_size, self.channels)
+
+
+def folder_images(path: str | Path, image_size: int = 32, channels: int = 3, seed: int = 0) -> dict[str, FolderImages]:
+    """The `train`, `val` and `test` parts of the `folder` dataset (same files, labels and split as `folder`),
+    as unread `FolderImages`."""
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
     if image_size < 1:
@@ -44,14 +63,52 @@ def folder(path: str | Path, image_size: int = 32, channels: int = 3, seed: int 
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"{root} has no class subfolders (expected {root}/<class name>/<image>)")
-    images, labels = [], []
+    files: list[Path] = []
+    labels: list[int] = []
     for label, class_dir in enumerate(classes):
-        files = sorted(p for p in class_dir.iterdir()
+        found = sorted(p for p in class_dir.iterdir()
                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        if not found:
             raise InputError(f"the class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        images += [read_image(file, image_size, channels) for file in files]
-        labels += [label] * len(files)
-    x = torch.from_numpy(np.stack(images)).reshape(len(images), image_size, image_size, channels)
-    x = x.permute(0, 3, 1, 2).float().div(255.0).contiguous()
-    return make_splits("folder", x, torch.tensor(labels, dtype=torch.long), seed)
+        files += found
+        labels += [label] * len(found)
+    every = FolderImages(files, labels, image_size, channels)
+    parts = split_indices(len(every), SPLIT_FRACTIONS, seed)
+    return {name: every.subset(index) for name, index in zip(("train", "val", "test"), parts, strict=True)}
+
+
+def stream_folder(path: str | Path, part: str = "test", image_size: int = 32, channels: int = 3, seed: int = 0,
+                  batch_size: int = 256, workers: int = 2) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches `(x [B, channels, image_size, image_size], y [B])` of one part (`train`, `val` or `test`) of the
+    `folder` dataset, in order, decoded by `workers` processes as they are consumed.
+
+    Example:
+        >>> for x, y in stream_folder("imagenet/val", image_size=224, batch_size=64, workers=8):
+        ...     flags = guard.score(x)
+    """
+    parts = folder_images(path, image_size, channels, seed)
+    if part not in parts:
+        raise ConfigError(f"unknown part {part!r}; valid: {', '.join(parts)}")
+    check_int("batch_size", batch_size)
+    check_int("workers", workers, minimum=0)
+    return DataLoader(parts[part], batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+@DATASETS.register("folder")
+def folder(path: str | Path, image_size: int = 32, channels: int = 3, seed: int = 0) -> DataSplits:
+    """Images under `path/<class name>/`, one subfolder per class; labels follow the sorted subfolder names.
+
+    Every file with an image suffix (`IMAGE_SUFFIXES`, any case) directly inside a class folder is read, converted
+    to grey (`channels=1`) or RGB (`channels=3`) and stretched to `image_size` x `image_size` pixels (bilinear);
+    other files, hidden entries and nested folders are ignored. Returns `[N, channels, image_size, image_size]`
+    in [0, 1], split 70/15/15 after a shuffle with `seed`, all in memory (`stream_folder` reads a part lazily).
+    """
+    parts = folder_images(path, image_size, channels, seed)
+    splits = {name: _in_memory(images) for name, images in parts.items()}
+    classes = 1 + max(label for images in parts.values() for label in images.labels)
+    return DataSplits("folder", splits["train"], splits["val"], splits["test"], classes)
+
+
+def _in_memory(images: FolderImages) -> Split:
+    """Every image of `images` decoded into one `Split` (each part holds at least one image)."""
+    return Split(torch.stack([images[i][0] for i in range(len(images))]), torch.tensor(images.labels, dtype=torch.long))

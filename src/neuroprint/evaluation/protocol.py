@@ -10,6 +10,8 @@
   clean", e.g. Mahalanobis' Gaussians, and would give a threshold with the wrong false-positive rate). With `fit_attacks`, every detector is fit once on those attacks and tested on all attacks
   (unseen-attack generalisation).
 - Trained models and adversarial sets are cached on disk, keyed by their configuration.
+- Under torchrun (`neuroprint.distributed`) every rank attacks its shard of the source images and the main rank
+  fits, scores and reports; the result is the single-process one whatever the number of ranks.
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ import numpy as np
 import torch
 
 from neuroprint.attacks import AdversarialSet, build_adversarial_set, make_attack
+from neuroprint.checks import check_int
 from neuroprint.data import DataSplits, Split, load_dataset
 from neuroprint.detectors import DETECTORS, Detector, make_detector
+from neuroprint.distributed import SINGLE, Ranks, muted
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.evaluation import metrics
 from neuroprint.evaluation.examples import Example, pick_examples
@@ -67,6 +71,7 @@ class EvalConfig:
         for name in ("n_fit", "n_test"):
             if getattr(self, name) < 4:
                 raise ConfigError(f"{name} must be >= 4 source images, got {getattr(self, name)}")
+        check_int("batch_size", self.batch_size)
         unknown = [a for a in self.fit_attacks or [] if a not in self.attacks]
         if unknown:
             raise ConfigError(f"fit attack(s) {unknown} must also be among the evaluated attacks {self.attacks}")
@@ -94,10 +99,12 @@ def cached_adversarial_set(
     cache_dir: Path,
     batch_size: int,
     progress: bool,
+    ranks: Ranks = SINGLE,
 ) -> tuple[AdversarialSet, float]:
     """Attack `split[index]` with `spec` (correctly classified images only), reusing a cached result.
 
-    Returns the set and the seconds the attack took (0 when it came from the cache).
+    Returns the set and the seconds the attack took (0 when it came from the cache). With `ranks` of a torchrun
+    job, the main rank's look into the cache decides for all, the attack is sharded and the main rank writes it.
     """
     attack = make_attack(spec)
     key_blob = json.dumps(
@@ -107,16 +114,17 @@ def cached_adversarial_set(
     )
     key = hashlib.sha256(key_blob.encode()).hexdigest()[:16]
     path = cache_dir / "adv" / model_tag / f"{attack.name}-{split_name}-{key}"
-    if Path(f"{path}.json").is_file():
+    if ranks.agree(Path(f"{path}.json").is_file()):
         return AdversarialSet.load(path), 0.0
     start = time.perf_counter()
     adv = build_adversarial_set(
         classifier, attack, split.x[index], split.y[index], source_index=index, split=split_name,
-        batch_size=batch_size, progress=progress,
+        batch_size=batch_size, progress=progress, ranks=ranks,
     )
     seconds = time.perf_counter() - start
     adv.meta["seconds"] = seconds
-    adv.save(path)
+    if ranks.main:
+        adv.save(path)
     return adv, seconds
 
 
@@ -135,10 +143,18 @@ def _summary(spec: str, adv: AdversarialSet, split_name: str, seconds: float) ->
     )
 
 
-def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) -> EvalReport:
-    """Run the protocol; returns every attack summary and every (detector, attack) result."""
+def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print,
+                   ranks: Ranks = SINGLE) -> EvalReport | None:
+    """Run the protocol; returns every attack summary and every (detector, attack) result.
+
+    With `ranks` of a torchrun job, every rank must call this: the attacks are sharded across them, and the main
+    rank alone fits the detectors and returns the report (the others return None once the attacks are done)."""
+    if not ranks.main:
+        progress, log = False, muted
     data = load_dataset(config.dataset, **config.dataset_options)
-    classifier, model_dir = load_model(config.model, data, config.train, config.cache_dir, config.device, progress, log)
+    with ranks.main_first():  # the main rank trains an uncached model; the others then load it
+        classifier, model_dir = load_model(config.model, data, config.train, config.cache_dir,
+                                           ranks.device(config.device), progress, log)
     clean_acc = accuracy(classifier, data.test)
     model_tag = Path(model_dir).name
     log(f"model {model_tag}: clean test accuracy {clean_acc:.4f}")
@@ -155,7 +171,8 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
         for split_name, split, index in [*splits, ("test", data.test, sets.test_adv_index)]:
             log(f"attack {spec} on {len(index)} {split_name} images")
             adv, seconds = cached_adversarial_set(
-                classifier, model_tag, spec, split, split_name, index, config.cache_dir, config.batch_size, progress
+                classifier, model_tag, spec, split, split_name, index, config.cache_dir, config.batch_size, progress,
+                ranks,
             )
             adv_sets[spec, split_name] = adv
             summaries.append(_summary(spec, adv, split_name, seconds))
@@ -164,6 +181,8 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print) 
         chosen, x_clean, x_adv = pick_examples(spec, adv_sets[spec, "test"], data.test, N_EXAMPLES, classifier.bounds)
         examples += chosen
         example_images[spec] = (x_clean, x_adv)
+    if not ranks.main:
+        return None
 
     bench = _Bench(config, classifier, data.train, sets, adv_sets, example_images, log)
     groups = [[spec] for spec in config.attacks] if config.fit_attacks is None else [list(config.fit_attacks)]

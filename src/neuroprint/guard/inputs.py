@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from neuroprint.data.folder import IMAGE_SUFFIXES
 from neuroprint.data.npz import check_images
+from neuroprint.distributed import SINGLE, Ranks
 from neuroprint.errors import InputError
 
 #: Largest width or height of an image file accepted (pixels), so a small upload cannot expand to gigabytes.
@@ -124,24 +125,28 @@ def npz_images(path: Path, image_shape: tuple[int, int, int]) -> torch.Tensor:
     return images
 
 
-def input_batches(path: Path, image_shape: tuple[int, int, int],
-                  batch_size: int) -> tuple[int, Iterator[tuple[list[str], torch.Tensor]]]:
-    """The number of images at `path` and batches of (names, images `[B, C, H, W]`) from an .npz archive (names
-    `file#i`), an image file or a folder (names relative to it); files are read lazily, a batch at a time."""
+def input_batches(path: Path, image_shape: tuple[int, int, int], batch_size: int,
+                  ranks: Ranks = SINGLE) -> tuple[int, Iterator[tuple[list[str], torch.Tensor]]]:
+    """The number of images this rank reads at `path` and their batches of (names, images `[B, C, H, W]`) from an
+    .npz archive (names `file#i`), an image file or a folder (names relative to it); files are read lazily, a batch
+    at a time. With `ranks` of a torchrun job, only this rank's block of batches is read."""
     if path.suffix.lower() == ".npz" and path.is_file():
         images = npz_images(path, image_shape)
-        return len(images), ((
-            [f"{path.name}#{i}" for i in range(start, min(start + batch_size, len(images)))],
-            images[start : start + batch_size]) for start in range(0, len(images), batch_size))
+        block = ranks.batches(len(images), batch_size)
+        first, last = block.start * batch_size, min(block.stop * batch_size, len(images))
+        return last - first, (([f"{path.name}#{i}" for i in range(start, min(start + batch_size, last))],
+                               images[start : min(start + batch_size, last)]) for start in range(first, last, batch_size))
     files = input_files(path)
+    block = ranks.batches(len(files), batch_size)
+    mine = files[block.start * batch_size : block.stop * batch_size]
 
     def batches() -> Iterator[tuple[list[str], torch.Tensor]]:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
             names = [str(f.relative_to(path)) if path.is_dir() else f.name for f in chunk]
             yield names, torch.cat([image_from_bytes(_read(f), image_shape, str(f)) for f in chunk])
 
-    return len(files), batches()
+    return len(mine), batches()
 
 
 def _read(path: Path) -> bytes:

@@ -63,7 +63,7 @@ def load_checkpoint(directory: str | Path) -> tuple[Classifier, dict[str, Any]]:
     for key in ("architecture", "arch_kwargs", "mean", "std", "bounds", "layers"):
         if key not in meta:
             raise InputError(f"{directory / META} lacks the field {key!r}; is it a neuroprint checkpoint?")
-    module = MODELS.create(meta["architecture"], **meta["arch_kwargs"])
+    module = build_architecture(meta["architecture"], meta["arch_kwargs"])
     _load_weights(module, directory / WEIGHTS)
     clf = Classifier(module, bounds=tuple(meta["bounds"]), mean=meta["mean"], std=meta["std"], layers=meta["layers"])
     if meta.get("probes") is not None:
@@ -86,14 +86,7 @@ def load_user_model(
     pickle). The model must take normalised inputs; pass the `mean`/`std` it expects.
     """
     if ":" in source and not Path(source).exists():
-        module_name, _, attr = source.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"cannot import model factory {source!r} ({exc}); expected 'package.module:factory'") from None
-        module = factory()
-        if not isinstance(module, nn.Module):
-            raise ConfigError(f"{source} returned {type(module).__name__}, not a torch.nn.Module")
+        module = build_architecture(source, {})
         if weights is not None:
             _load_weights(module, Path(weights))
     else:
@@ -105,6 +98,22 @@ def load_user_model(
         except RuntimeError as exc:
             raise InputError(f"{path} is not a TorchScript model ({str(exc).splitlines()[0]})") from None
     return Classifier(module, mean=mean, std=std, layers=layers, num_classes=num_classes)
+
+
+def build_architecture(architecture: str, arch_kwargs: dict[str, Any]) -> nn.Module:
+    """An untrained network: a zoo architecture by name (`MODELS`), or a user's import path
+    `package.module:factory` (e.g. `torchvision.models:resnet50`) called with `arch_kwargs`."""
+    if ":" not in architecture:
+        return MODELS.create(architecture, **arch_kwargs)
+    module_name, _, attr = architecture.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import model factory {architecture!r} ({exc}); expected 'package.module:factory'") from None
+    module = factory(**arch_kwargs)
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"{architecture} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
 
 
 def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:

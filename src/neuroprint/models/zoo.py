@@ -1,4 +1,5 @@
-"""Model zoo: the architectures of the NeuralFP paper (Dathathri et al. 2018, arXiv 1803.03870) and a CIFAR ResNet.
+"""Model zoo: the architectures of the NeuralFP paper (Dathathri et al. 2018, arXiv 1803.03870), a CIFAR ResNet and
+the ImageNet ResNet-50 (He et al. 2016, arXiv 1512.03385; the width the fingerprint-bank paper evaluates at).
 
 Every model is an `nn.Sequential` of named blocks, so the block names (`conv1`, ..., `fc2`, `logits`) are the
 feature-layer names detectors use.
@@ -58,16 +59,12 @@ def _conv_pairs_net(name: str, in_channels: int, convs: tuple[int, int, int, int
     )
 
 
-class _BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+class _Residual(nn.Module):
+    """relu(body(x) + shortcut(x)), the shortcut a strided 1x1 convolution where the shape changes (He et al. 2016)."""
+
+    def __init__(self, body: nn.Sequential, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(c_out),
-        )
+        self.body = body
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
@@ -75,6 +72,23 @@ class _BasicBlock(nn.Module):
 
     def forward(self, x):  # type: ignore[no-untyped-def]
         return self.relu(self.body(x) + self.shortcut(x))
+
+
+def _basic_block(c_in: int, c_out: int, stride: int) -> _Residual:
+    """Two 3x3 convolutions, the first carrying the stride."""
+    return _Residual(nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+    ), c_in, c_out, stride)
+
+
+def _bottleneck(c_in: int, width: int, stride: int) -> _Residual:
+    """1x1 reduce to `width`, 3x3 (carrying the stride), 1x1 expand to `4 * width` channels."""
+    return _Residual(nn.Sequential(
+        nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width),
+    ), c_in, 4 * width, stride)
 
 
 @MODELS.register("resnet")
@@ -88,13 +102,30 @@ def resnet(depth: int = 20, in_channels: int = 3, num_classes: int = 10) -> nn.S
     }
     c_in = 16
     for stage, width in enumerate((16, 32, 64), start=1):
-        layers = [_BasicBlock(c_in if i == 0 else width, width, 2 if (i == 0 and stage > 1) else 1) for i in range(n)]
+        layers = [_basic_block(c_in if i == 0 else width, width, 2 if (i == 0 and stage > 1) else 1) for i in range(n)]
         blocks[f"stage{stage}"] = nn.Sequential(*layers)
         c_in = width
     blocks["pool"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     blocks["logits"] = nn.Linear(64, num_classes)
     return nn.Sequential(OrderedDict(**blocks))
 
+
+@MODELS.register("resnet50")
+def resnet50(in_channels: int = 3, num_classes: int = 1000) -> nn.Sequential:
+    """ImageNet ResNet-50 of He et al. 2016 (arXiv 1512.03385): 7x7 stem and max-pool, bottleneck stages of 3, 4,
+    6 and 3 blocks ending in 256, 512, 1,024 and 2,048 channels, global average pooling. Input `[N, 3, 224, 224]`
+    (any size from 32 up); feature layers `stem`, `stage1`..`stage4`, `pool`, `logits`."""
+    blocks: dict[str, nn.Module] = {"stem": nn.Sequential(
+        nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))}
+    c_in = 64
+    for stage, (width, depth) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
+        stride = 1 if stage == 1 else 2
+        blocks[f"stage{stage}"] = nn.Sequential(*[_bottleneck(c_in if i == 0 else 4 * width, width,
+                                                             stride if i == 0 else 1) for i in range(depth)])
+        c_in = 4 * width
+    blocks["pool"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    blocks["logits"] = nn.Linear(c_in, num_classes)
+    return nn.Sequential(OrderedDict(**blocks))
 
 
 @MODELS.register("small-cnn")
