@@ -122,7 +122,7 @@ def test_tables_are_the_ones_the_commands_print(runs: dict[str, Run]) -> None:
     ("evaluation", 4 + len(ATTACKS), 3,
      ["Detection", "ROC curves", "Score distributions", "Examples", "Attacks", "All metrics", "Provenance"]),
     ("robustness", 4, 1, ["Adaptive attacks", "Worst case", "Convergence", "Every attack", "Provenance"]),
-    ("ownership", 4, 2, ["Ownership verification", "ROC curve", "CAEAcc per suspect", "Query sets", "Provenance"]),
+    ("ownership", 5, 2, ["Ownership verification", "ROC curve", "CAEAcc per suspect", "Query sets", "Provenance"]),
 ])
 def test_each_kind_has_every_table_and_figure(records: dict[str, dict[str, Any]], kind: str, tables: int,
                                               figures: int, titles: list[str]) -> None:

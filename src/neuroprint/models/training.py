@@ -59,16 +59,23 @@ def train(
     config: TrainConfig,
     progress: bool = True,
     perturb: Perturb | None = None,
+    soft_targets: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> TrainHistory:
     """Train `classifier` in place on `train_split`, reporting validation accuracy after each epoch.
 
     Parameters with ``requires_grad=False`` stay frozen. `perturb` (evaluated with the model in eval mode) replaces
-    each batch before the step: adversarial training passes an attack here.
+    each batch before the step: adversarial training passes an attack here. `soft_targets` `[N, K]` (probability
+    vectors, one per training image) replace the labels in the loss, which becomes the distillation loss of
+    Hinton et al. 2015 (arXiv 1503.02531): temperature^2 * cross-entropy(logits / temperature, soft_targets).
 
     With `config.probes` set (NeuralFP, Dathathri et al. eq. 14) the loss is cross-entropy + weight * L_fp,
     evaluated in one forward pass over each batch and its n probe-perturbed copies; the probes are drawn from
     the config (unless the classifier already holds some) and attached to `classifier.probes`.
     """
+    if soft_targets is not None and soft_targets.shape != (len(train_split), classifier.num_classes):
+        raise ConfigError(f"soft_targets must be [{len(train_split)}, {classifier.num_classes}] (one probability "
+                          f"vector per training image), got {list(soft_targets.shape)}")
     probes = _attach_probes(classifier, config.probes, train_split)
     classifier.to(memory_format=torch.channels_last)  # ~1.3x faster CPU convolutions (docs/benchmarks/speed.md, training)
     torch.manual_seed(config.seed)
@@ -93,7 +100,10 @@ def train(
                 x = perturb(classifier, x, y).detach()
                 classifier.train()
             optimizer.zero_grad()
-            if probes is None:
+            if soft_targets is not None:
+                targets = soft_targets[idx].to(classifier.device)
+                loss = temperature**2 * loss_fn(classifier(x) / temperature, targets)
+            elif probes is None:
                 loss = loss_fn(classifier(x), y)
             else:
                 directions = _directions(probes, generator)

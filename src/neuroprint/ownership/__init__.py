@@ -7,6 +7,7 @@ Example:
     >>> queries.save("runs/queries")
     >>> verify(LocalSuspect(suspect_model), QuerySet.load("runs/queries"), rho=0.75).is_surrogate
 """
+from neuroprint.ownership import extraction as _extraction  # noqa: F401  (registers distill, jacobian, knockoff, transfer)
 from neuroprint.ownership.cem import CEMConfig, run_cem
 from neuroprint.ownership.conferrability import conferrability, predictions, transfer
 from neuroprint.ownership.generate import generate_cem_queries

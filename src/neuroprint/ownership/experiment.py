@@ -29,7 +29,7 @@ from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.data import load_dataset
 from neuroprint.data.base import DataSplits, Split
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.io import git_commit, versions
+from neuroprint.io import git_commit, read_json, versions
 from neuroprint.models.checkpoint import architecture_kwargs, load_checkpoint, save_checkpoint
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import accuracy
@@ -51,6 +51,8 @@ DEFAULT_REMOVALS = (
     "retrain:architecture=lenet5", "retrain:architecture=mnist-net", "adv-train:eps=0.2,alpha=0.04",
     "adv-train:eps=0.3,epochs=8", "ground-truth:share=0.5",
     "ground-truth:share=0.6", "ground-truth:share=0.7", "ground-truth:share=0.8",
+    "distill:temperature=1", "distill:temperature=4", "jacobian", "knockoff:transfer=digits",
+    "knockoff:transfer=noise,budget=20000", "transfer",
 )
 DEFAULT_REFERENCES = ("lenet5",) * 8 + ("mnist-net",) * 2
 # Model seeds are 1000 * config.seed + an offset per role, so no two models share initial weights or data order:
@@ -153,18 +155,28 @@ class ModelCache:
     def __init__(self, root: Path, log: Log) -> None:
         self.root, self.log = root, log
 
-    def get(self, recipe: dict[str, Any], architecture: str, data: DataSplits,
-            build: Callable[[], Classifier]) -> Classifier:
-        directory = self.root / "models" / f"{recipe['role']}-{recipe_key(recipe)}"
+    def directory(self, recipe: dict[str, Any]) -> Path:
+        return self.root / "models" / f"{recipe['role']}-{recipe_key(recipe)}"
+
+    def get(self, recipe: dict[str, Any], architecture: str, data: DataSplits, build: Callable[[], Classifier],
+            facts: Callable[[], dict[str, Any]] = dict) -> Classifier:
+        """The model of `recipe`: loaded, or built and saved with `facts()` (what its building measured) beside
+        the recipe in its metadata (`recorded`)."""
+        directory = self.directory(recipe)
         if (directory / "model.json").is_file():
             return load_checkpoint(directory)[0]
         started = time.perf_counter()
         model = build()
         save_checkpoint(model, directory, {"architecture": architecture,
                                            "arch_kwargs": architecture_kwargs(architecture, data),
-                                           "dataset": data.name, "recipe": recipe})
+                                           "dataset": data.name, "recipe": recipe, **facts()})
         self.log(f"trained {recipe['role']} {recipe.get('name', '')} in {time.perf_counter() - started:.0f} s")
         return model
+
+    def recorded(self, recipe: dict[str, Any], key: str) -> Any:
+        """The fact `key` saved with `recipe`'s model (None if it has none)."""
+        meta = read_json(self.directory(recipe) / "model.json")
+        return meta.get(key) if isinstance(meta, dict) else None
 
 
 def local_models(
@@ -212,6 +224,7 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
 
     source, source_recipe = source_model(defender, arch, config.epochs, seed_base, cache)
     source_acc = accuracy(source, data.test)
+    source_pred = source.predict(data.test.x)
     log(f"source {arch}: test accuracy {100 * source_acc:.2f}%")
     surrogates, references = local_models(source, source_recipe, arch, defender, config.n_surrogates,
                                           config.n_references, config.epochs, cache, seed_base)
@@ -237,12 +250,14 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
     jobs = [("surrogate", spec) for spec in config.removals] + [("reference", a) for a in config.reference_architectures]
     for index, (kind, spec) in enumerate(tqdm(jobs, desc="suspects", unit="model", disable=not progress)):
         t0 = time.perf_counter()
+        queries = None
         if kind == "surrogate":
             removal = attacker_removal(spec, index, seed_base)
-            model = cache.get({**source_recipe, **attacker_recipe, "role": "surrogate", "name": spec,
-                               "params": removal.params}, removal.architecture or arch, attacker,
-                              lambda removal=removal: removal.run(source, attacker))
-            name, attack = removal.label, removal.name
+            recipe = {**source_recipe, **attacker_recipe, "role": "surrogate", "name": spec, "params": removal.params}
+            model = cache.get(recipe, removal.architecture or arch, attacker,
+                              lambda removal=removal: removal.run(source, attacker),
+                              lambda removal=removal: {"queries": removal.queries})
+            name, attack, queries = removal.label, removal.name, cache.recorded(recipe, "queries")
         else:
             seed = seed_base + REFERENCE_SEED + index - len(config.removals)
             model = cache.get({**attacker_recipe, "role": "reference", "architecture": spec, "seed": seed}, spec,
@@ -251,8 +266,9 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
             name, attack = f"reference {spec} (seed {seed})", ""
         acc = accuracy(model, data.test)
         cae = {method: cae_accuracy(LocalSuspect(model), queries) for method, queries in query_sets.items()}
+        agreement = float((model.predict(data.test.x) == source_pred).double().mean())
         suspects.append(SuspectResult(name, kind, attack, acc, acc >= source_acc - config.max_accuracy_drop, cae,
-                                      time.perf_counter() - t0))
+                                      time.perf_counter() - t0, agreement, queries))
         models.append(model)
         log(f"{name}: accuracy {100 * acc:.2f}%, " + ", ".join(f"{m} CAEAcc {100 * v:.0f}%" for m, v in cae.items()))
 

@@ -1,16 +1,22 @@
 """Removal attacks (Lukas et al. 2021, arXiv 1912.00888, section 5 and appendix A.5): the ways an attacker derives
 a surrogate of a source model and tries to shed the ownership evidence while keeping its accuracy.
 
-Every attack gets the source model and the attacker's own data (images disjoint from the defender's; the true
-labels are used only by `ground-truth`), queries the source for top-1 labels only, and returns a new `Classifier`:
+Every attack gets the attacker's own data (images disjoint from the defender's; true labels are used only where
+its threat model says so) and returns a new `Classifier`. What it gets of the source is its `access`: the
+weights ("weights": model modification), or a `SourceAPI` that answers top-1 labels ("labels") or probability
+vectors ("probabilities") and counts the queries (extraction). `threat` states the whole threat model.
 
+Model modification (this module):
 - `ftll` / `ftal` / `rtll` / `rtal` (Uchida et al. 2017): fine-tune the last layer / all layers; the RT variants
   first re-initialise the last layer.
 - `prune`: gradual magnitude pruning (Zhu and Gupta 2017) of every conv/linear weight to `rate`, with fine-tuning
   after each of `rounds` steps (cubic sparsity schedule).
-- `retrain`: extraction, training `architecture` from scratch on the source's labels of the attacker's data.
-- `adv-train`: the same with PGD adversarial training (Madry et al. 2018) at `eps`.
-- `ground-truth`: the same with the true label on a share `share` of the attacker's data.
+Extraction, training a fresh `architecture` (this module):
+- `retrain`: on the source's labels of the attacker's data.
+- `adv-train`: the same with PGD adversarial training (Madry et al. 2018) at `eps` (an adapted attack of the paper).
+- `ground-truth`: the same with the true label on a share `share` of the attacker's data (the paper's other one).
+The paper's further extraction attacks (distillation on probabilities, Papernot's Jacobian augmentation, Knockoff
+Nets, transfer learning) are in `neuroprint.ownership.extraction`.
 
 Build one with `make_removal("prune:rate=0.8")` and run it with `.run(source, attacker_data)`. `seed` is the
 attacker's (data order, re-initialisation): give one the source was not trained with, or a model retrained
@@ -32,6 +38,7 @@ from neuroprint.errors import ConfigError
 from neuroprint.models.checkpoint import build_classifier
 from neuroprint.models.classifier import Classifier, last_linear
 from neuroprint.models.training import Perturb, TrainConfig, train
+from neuroprint.ownership.source_api import SourceAPI
 from neuroprint.registry import ATTACKS, MODELS, Registry
 from neuroprint.specs import parse_spec
 
@@ -44,8 +51,11 @@ class Removal:
 
     name: str
     params: dict[str, Any]
-    derive: Callable[[Classifier, DataSplits], Classifier] = field(repr=False)
+    derive: Callable[[Any, DataSplits], Classifier] = field(repr=False)  # (model or SourceAPI, attacker data)
     architecture: str | None = None  # the architecture it trains from scratch (None: it modifies the source)
+    access: str = "weights"  # what it holds of the source: "weights", or a SourceAPI's "labels" / "probabilities"
+    threat: str = "the source's weights; the attacker's own images, labelled by the source model"
+    queries: int | None = None  # images sent to the source API by the last `run` (None: it held the weights)
 
     @property
     def label(self) -> str:
@@ -53,9 +63,14 @@ class Removal:
         return f"{self.name} ({shown})" if shown else self.name
 
     def run(self, source: Classifier, attacker: DataSplits) -> Classifier:
-        """The surrogate derived from `source` with the attacker's data (`attacker.train`; `attacker.val` for the
-        per-epoch accuracy it watches)."""
-        return self.derive(source, attacker)
+        """The surrogate derived from `source` (its weights, or an API of it, as `access` says) with the attacker's
+        data (`attacker.train`; `attacker.val` for the per-epoch accuracy it watches)."""
+        if self.access == "weights":
+            return self.derive(source, attacker)
+        api = SourceAPI(source, self.access)
+        surrogate = self.derive(api, attacker)
+        self.queries = api.queries
+        return surrogate
 
 
 def make_removal(spec: str) -> Removal:
@@ -64,12 +79,13 @@ def make_removal(spec: str) -> Removal:
     return REMOVALS.create(name, **kwargs)
 
 
-def source_labels(source: Classifier, split: Split) -> Split:
-    """`split`'s images labelled by the source model's top-1 prediction (all an API gives the attacker)."""
-    return Split(split.x, source.predict(split.x))
+def source_labels(source: Classifier | SourceAPI, split: Split) -> Split:
+    """`split`'s images labelled by the source's top-1 prediction (the model's, or its API's)."""
+    return Split(split.x, source.labels(split.x) if isinstance(source, SourceAPI) else source.predict(split.x))
 
 
-def _config(epochs: int, lr: float, seed: int) -> TrainConfig:
+def training_config(epochs: int, lr: float, seed: int) -> TrainConfig:
+    """How a removal attack trains: Adam at `lr` for `epochs`, the rate cut tenfold for the last epoch, `seed`."""
     return TrainConfig(epochs=check_int("epochs", epochs), lr=check_float("lr", lr, 0.0, 1.0),
                        lr_drop_epoch=max(1, epochs - 1), seed=check_int("seed", seed, minimum=0))
 
@@ -84,7 +100,7 @@ def _copy(source: Classifier) -> Classifier:
 def _fine_tune(mode: str, epochs: int, lr: float, seed: int) -> Removal:
     """FTLL/FTAL/RTLL/RTAL (Uchida et al. 2017). "Last layer" is the final linear layer; with BatchNorm
     architectures the running statistics of frozen layers still adapt to the attacker's data."""
-    config = _config(epochs, lr, seed)
+    config = training_config(epochs, lr, seed)
 
     def derive(source: Classifier, attacker: DataSplits) -> Classifier:
         model = _copy(source)
@@ -132,7 +148,7 @@ def prune(rate: float = 0.8, rounds: int = 3, epochs: int = 1, lr: float = 1e-3,
     if rate >= 1:
         raise ConfigError(f"rate must be < 1 (the share of weights removed), got {rate}")
     rounds = check_int("rounds", rounds)
-    config = _config(epochs, lr, seed)
+    config = training_config(epochs, lr, seed)
 
     def derive(source: Classifier, attacker: DataSplits) -> Classifier:
         model = _copy(source)
@@ -158,29 +174,36 @@ def train_from_scratch(
 ) -> Classifier:
     """A fresh, seeded `architecture` for `data`'s images trained on `labels` (`val` for per-epoch accuracy)."""
     model = build_classifier(architecture, data, seed)
-    train(model, labels, val, _config(epochs, lr, seed), progress=False, perturb=perturb)
+    train(model, labels, val, training_config(epochs, lr, seed), progress=False, perturb=perturb)
     return model
 
 
 def _from_scratch(
     name: str, params: dict[str, Any], architecture: str, epochs: int, lr: float, seed: int,
-    labels: Callable[[Classifier, Split], Split], perturb: Perturb | None = None,
+    labels: Callable[[SourceAPI, Split], Split], threat: str, perturb: Perturb | None = None,
 ) -> Removal:
-    MODELS.get(architecture)  # unknown names fail now, not after the first models trained
-    _config(epochs, lr, seed)
+    """Extraction through a labels-only API: `architecture` trained from scratch on `labels(api, attacker.train)`."""
+    check_architecture(architecture, epochs, lr, seed)
 
-    def derive(source: Classifier, attacker: DataSplits) -> Classifier:
-        return train_from_scratch(architecture, attacker, labels(source, attacker.train),
-                                  source_labels(source, attacker.val), epochs, lr, seed, perturb)
+    def derive(api: SourceAPI, attacker: DataSplits) -> Classifier:
+        return train_from_scratch(architecture, attacker, labels(api, attacker.train),
+                                  source_labels(api, attacker.val), epochs, lr, seed, perturb)
 
     return Removal(name, {"architecture": architecture, **params, "epochs": epochs, "lr": lr, "seed": seed}, derive,
-                   architecture)
+                   architecture, "labels", threat)
+
+
+def check_architecture(architecture: str, epochs: int, lr: float, seed: int) -> None:
+    """Fail on an unknown architecture or bad training settings now, not after the first models trained."""
+    MODELS.get(architecture)
+    training_config(epochs, lr, seed)
 
 
 @REMOVALS.register("retrain")
 def retrain(architecture: str = "lenet5", epochs: int = 4, lr: float = 1e-3, seed: int = 0) -> Removal:
     """Extraction: train `architecture` from scratch on the source's top-1 labels of the attacker's data."""
-    return _from_scratch("retrain", {}, architecture, epochs, lr, seed, source_labels)
+    return _from_scratch("retrain", {}, architecture, epochs, lr, seed, source_labels,
+                         "top-1 labels; one query per image of the attacker's own data")
 
 
 @REMOVALS.register("adv-train")
@@ -193,7 +216,7 @@ def adv_train(architecture: str = "lenet5", eps: float = 0.3, alpha: float = 0.0
         return attack(model, x, y, batch_size=len(x)).x_adv.to(x.device)
 
     return _from_scratch("adv-train", {"eps": eps, "alpha": alpha, "steps": steps}, architecture, epochs, lr, seed,
-                         source_labels, perturb)
+                         source_labels, "top-1 labels; one query per image of the attacker's own data", perturb)
 
 
 @REMOVALS.register("ground-truth")
@@ -202,10 +225,12 @@ def ground_truth(share: float = 0.5, architecture: str = "lenet5", epochs: int =
     """Extraction where a random share `share` in [0, 1] of the attacker's data carries its true label."""
     share = check_float("share", share, 0.0, 1.0, low_open=False)
 
-    def labels(source: Classifier, split: Split) -> Split:
-        mixed = source_labels(source, split).y.clone()
+    def labels(api: SourceAPI, split: Split) -> Split:
+        mixed = source_labels(api, split).y.clone()
         known = torch.rand(len(split), generator=torch.Generator().manual_seed(seed)) < share
         mixed[known] = split.y[known]
         return Split(split.x, mixed)
 
-    return _from_scratch("ground-truth", {"share": share}, architecture, epochs, lr, seed, labels)
+    return _from_scratch("ground-truth", {"share": share}, architecture, epochs, lr, seed, labels,
+                         "top-1 labels; one query per image of the attacker's own data, a share of which it has "
+                         "labelled itself")

@@ -18,7 +18,7 @@ from neuroprint.io import atomic_path, write_json
 from neuroprint.ownership.cem import CEMConfig
 from neuroprint.ownership.experiment import OwnershipConfig, OwnershipReport
 from neuroprint.ownership.ipguard import IPGuardConfig
-from neuroprint.ownership.scoring import SuspectResult, auc_against_references, counted, family_auc
+from neuroprint.ownership.scoring import SuspectResult, auc_against_references, counted, family_summary
 
 METHOD_NAMES = {"cem": "CEM (conferrable)", "ipguard": "IPGuard"}
 
@@ -33,23 +33,22 @@ def markdown_table(report: OwnershipReport) -> str:
         f"CEM eps {cfg.cem.eps}, tau {cfg.tau}; query sets: "
         + ", ".join(f"{m} {report.query_sets[m]['n']} inputs" for m in methods),
         "",
-        "| suspect | kind | test acc (%) | counts | " + " | ".join(f"{METHOD_NAMES.get(m, m)} CAEAcc (%) / AUC"
-                                                          for m in methods) + " |",
-        "|---|---|---|---|" + "---|" * len(methods),
+        "| suspect | kind | test acc (%) | agrees with source (%) | queries | counts | "
+        + " | ".join(f"{METHOD_NAMES.get(m, m)} CAEAcc (%) / AUC" for m in methods) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(methods),
     ]
     for s in report.suspects:
         cells = []
         for m in methods:
             auc = f" / {auc_against_references(s, report.suspects, m):.2f}" if s.kind == "surrogate" else ""
             cells.append(f"{100 * s.cae_acc[m]:.0f}{auc}")
-        lines.append(f"| {s.name} | {s.kind} | {100 * s.test_accuracy:.2f} | {'yes' if s.counts else 'no (accuracy lost)'}"
-                     f" | " + " | ".join(cells) + " |")
+        agreement = "" if s.agreement is None else f"{100 * s.agreement:.2f}"
+        queries = "weights" if s.queries is None and s.kind == "surrogate" else f"{s.queries or ''}"
+        lines.append(f"| {s.name} | {s.kind} | {100 * s.test_accuracy:.2f} | {agreement} | {queries} | "
+                     f"{'yes' if s.counts else 'no (accuracy lost)'} | " + " | ".join(cells) + " |")
     lines += ["", "ROC AUC of CAEAcc, surrogates vs references (those that kept their accuracy): "
               + ", ".join(f"{METHOD_NAMES.get(m, m)} {_fmt(v)}" for m, v in report.auc.items()),
-              "", "By removal family: " + "; ".join(
-                  f"{METHOD_NAMES.get(m, m)} " + ", ".join(f"{family} {_fmt(v)}"
-                                                          for family, v in family_auc(report.suspects, m).items())
-                  for m in methods),
+              "", *family_table(report.suspects, methods),
               "", f"Verdicts at rho = {cfg.rho}: " + "; ".join(_verdicts(report, m) for m in methods)]
     if report.conferrability:
         lines += ["", "Mean conferrability on the unseen models of successful examples (success rate in brackets):", "",
@@ -60,6 +59,25 @@ def markdown_table(report: OwnershipReport) -> str:
             lines.append(f"| {eps} | " + " | ".join(f"{_fmt(r['conferrability'])} ({100 * r['success_rate']:.0f}%)"
                                                      for r in row) + " |")
     return "\n".join(lines)
+
+
+def family_table(suspects: list[SuspectResult], methods: list[str]) -> list[str]:
+    """Per removal family and for the references (counted suspects only): mean agreement with the source on clean
+    test images, and per query set the mean CAEAcc and the family's AUC against the references."""
+    summaries = {m: family_summary(suspects, m) for m in methods}
+    lines = ["By removal family (suspects that kept their accuracy):", "",
+             "| family | suspects (counted) | agrees with source (%) | "
+             + " | ".join(f"{METHOD_NAMES.get(m, m)} CAEAcc (%) / AUC" for m in methods) + " |",
+             "|---|---|---|" + "---|" * len(methods)]
+    for i, row in enumerate(summaries[methods[0]]):
+        cells = [f"{_pct(summaries[m][i]['cae_acc'])} / {_fmt(summaries[m][i]['auc'])}" for m in methods]
+        lines.append(f"| {row['family']} | {row['n']} ({row['counted']}) | {_pct(row['agreement'])} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _pct(value: object) -> str:
+    return "n/a" if not isinstance(value, float) or math.isnan(value) else f"{100 * value:.1f}"
 
 
 def _verdicts(report: OwnershipReport, method: str) -> str:
