@@ -20,11 +20,12 @@ SMALL = "architecture=small-cnn,lr=0.003"
 def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[torch.Tensor]]:
     """Every batch of images the source API answers, by what it answered (labels or probabilities)."""
     log: dict[str, list[torch.Tensor]] = {"labels": [], "probabilities": []}
-    for kind in log:
+    for kind, batches in log.items():
         answer = getattr(SourceAPI, kind)
 
-        def spy(self: SourceAPI, x: torch.Tensor, *args: object, kind: str = kind, answer: object = answer) -> object:
-            log[kind].append(x.clone())
+        def spy(self: SourceAPI, x: torch.Tensor, *args: object, batches: list[torch.Tensor] = batches,
+                answer: object = answer) -> object:
+            batches.append(x.clone())
             return answer(self, x, *args)  # type: ignore[operator]
 
         monkeypatch.setattr(SourceAPI, kind, spy)
