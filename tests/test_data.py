@@ -506,14 +506,17 @@ def test_streamed_folder_yields_the_in_memory_images(tmp_path: Path) -> None:
 
 
 def _peak_rss_mb(folder: Path, read: str) -> float:
-    """Peak resident memory (MiB) of a fresh interpreter that reads every image of `folder` (`stream`ed in batches
-    of 16 and dropped, or loaded `whole`)."""
+    """Peak resident memory (MiB) of a fresh interpreter that reads every image of `folder`: `stream`ed in batches
+    of 16 and dropped, loaded `whole`, or decoded into a `memmap` (beside the folder) and the first batch read."""
     code = ("import sys\nfrom pathlib import Path\nfrom neuroprint.data.folder import folder, stream_folder\n"
             f"path = {str(folder)!r}\n"
             "if sys.argv[1] == 'stream':\n"
             "    for part in ('train', 'val', 'test'):\n"
             "        for x, y in stream_folder(path, part, image_size=128, batch_size=16, workers=0):\n"
             "            pass\n"
+            "elif sys.argv[1] == 'memmap':\n"
+            "    data = folder(path, image_size=128, memmap_dir=path + '-memmap', workers=0)\n"
+            "    assert float(data.train.x[:16].sum()) > 0\n"
             "else:\n"
             "    data = folder(path, image_size=128)\n"
             "status = Path('/proc/self/status').read_text().split('VmHWM:')[1]\n"
@@ -524,7 +527,8 @@ def _peak_rss_mb(folder: Path, read: str) -> float:
 
 
 def test_streamed_folder_memory_stays_flat_as_the_folder_grows(tmp_path: Path) -> None:
-    """600 RGB images of 128 x 128 are 113 MiB as float32: loading them whole shows it, streaming them does not."""
+    """600 RGB images of 128 x 128 are 113 MiB as float32: loading them whole shows it; streaming them, or decoding
+    them into a memory map, does not."""
     rng = np.random.default_rng(0)
     for n, root in ((60, tmp_path / "small"), (600, tmp_path / "large")):
         for i in range(n):
@@ -532,5 +536,6 @@ def test_streamed_folder_memory_stays_flat_as_the_folder_grows(tmp_path: Path) -
             Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(root / str(i % 2) / f"{i}.png")
     small, large = _peak_rss_mb(tmp_path / "small", "stream"), _peak_rss_mb(tmp_path / "large", "stream")
     whole = _peak_rss_mb(tmp_path / "large", "whole")
+    mapped_small, mapped_large = _peak_rss_mb(tmp_path / "small", "memmap"), _peak_rss_mb(tmp_path / "large", "memmap")
     assert whole - small > 80  # the measurement sees a folder held in memory
-    assert large - small < 20, (small, large)
+    assert large - small < 20 and mapped_large - mapped_small < 20, (small, large, mapped_small, mapped_large)

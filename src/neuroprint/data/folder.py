@@ -1,6 +1,8 @@
 """`folder`: labelled images in class-per-subfolder layout (`root/<class>/<image>`), read with Pillow."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from neuroprint.checks import check_int
 from neuroprint.data.base import SPLIT_FRACTIONS, DataSplits, Split, split_indices
 from neuroprint.errors import ConfigError, InputError
+from neuroprint.io import atomic_path
 from neuroprint.registry import DATASETS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -95,18 +98,49 @@ def stream_folder(path: str | Path, part: str = "test", image_size: int = 32, ch
 
 
 @DATASETS.register("folder")
-def folder(path: str | Path, image_size: int = 32, channels: int = 3, seed: int = 0) -> DataSplits:
+def folder(path: str | Path, image_size: int = 32, channels: int = 3, seed: int = 0,
+           memmap_dir: str | None = None, workers: int = 2) -> DataSplits:
     """Images under `path/<class name>/`, one subfolder per class; labels follow the sorted subfolder names.
 
     Every file with an image suffix (`IMAGE_SUFFIXES`, any case) directly inside a class folder is read, converted
     to grey (`channels=1`) or RGB (`channels=3`) and stretched to `image_size` x `image_size` pixels (bilinear);
     other files, hidden entries and nested folders are ignored. Returns `[N, channels, image_size, image_size]`
-    in [0, 1], split 70/15/15 after a shuffle with `seed`, all in memory (`stream_folder` reads a part lazily).
+    in [0, 1], split 70/15/15 after a shuffle with `seed`: in memory, or with `memmap_dir` (spec
+    `folder:memmap_dir=runs/cache/folders`) decoded once by `workers` processes into a memory map there and read
+    lazily, so a folder larger than memory works (`stream_folder` reads one part batch by batch).
     """
     parts = folder_images(path, image_size, channels, seed)
-    splits = {name: _in_memory(images) for name, images in parts.items()}
+    if memmap_dir is None:
+        splits = {name: _in_memory(images) for name, images in parts.items()}
+    else:
+        splits = memory_mapped(parts, Path(memmap_dir), check_int("workers", workers, minimum=0))
     classes = 1 + max(label for images in parts.values() for label in images.labels)
     return DataSplits("folder", splits["train"], splits["val"], splits["test"], classes)
+
+
+def memory_mapped(parts: dict[str, FolderImages], directory: Path, workers: int) -> dict[str, Split]:
+    """Every part decoded once, a batch at a time, into one float32 `.npy` memory map in `directory` (named by a
+    hash of the files, their sizes and times, and the image settings; written atomically), then read back as
+    copy-on-write views, one per part: pages load as they are touched and stay reclaimable."""
+    every = [f for images in parts.values() for f in images.files]
+    first = next(iter(parts.values()))
+    blob = json.dumps([first.image_size, first.channels, [(str(f), f.stat().st_size, f.stat().st_mtime_ns)
+                                                          for f in every]])
+    path = directory / f"folder-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npy"
+    shape = (len(every), first.channels, first.image_size, first.image_size)
+    if not path.is_file():  # plain writes, not a writable map: written pages go to the page cache, not to our RSS
+        with atomic_path(path) as tmp, tmp.open("wb") as out:
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                       "fortran_order": False, "shape": shape})
+            for images in parts.values():
+                for x, _ in DataLoader(images, batch_size=16, num_workers=workers):
+                    out.write(x.contiguous().numpy().data)
+    x = torch.from_numpy(np.load(path, mmap_mode="c"))
+    splits, row = {}, 0
+    for name, images in parts.items():
+        splits[name] = Split(x[row : row + len(images)], torch.tensor(images.labels, dtype=torch.long))
+        row += len(images)
+    return splits
 
 
 def _in_memory(images: FolderImages) -> Split:
