@@ -13,6 +13,8 @@ import io
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,7 @@ from tritonclient.utils import InferenceServerException
 from neuroprint.data import DataSplits
 from neuroprint.guard import Guard
 from neuroprint.guard.inputs import image_from_bytes, image_to_png
+from neuroprint.ownership.ipguard import generate_ipguard_queries
 from neuroprint.ownership.verify import HTTPSuspect
 
 DETECTORS = {"bank", "mahalanobis"}
@@ -329,6 +332,20 @@ def test_ownership_http_suspect_reads_the_guard(guard_url: str, images: torch.Te
     suspect = HTTPSuspect(f"{guard_url}/v1/predict", batch_size=12)
     labels = suspect.labels(images)
     assert labels.dtype == torch.long and labels.tolist() == expected
+
+
+def test_ownership_verify_command_against_the_served_model(guard_url: str, local_guard: Guard, digits: DataSplits,
+                                                            tmp_path: Path) -> None:
+    """`neuroprint ownership verify --url` sends a query set of the guard's own model to the running service: the
+    served model is that model, so it answers every query as the source did and is called a surrogate."""
+    queries = generate_ipguard_queries(local_guard.classifier, digits.val.x[:40], size=10, progress=False)
+    queries.save(tmp_path / "queries")
+    done = subprocess.run([sys.executable, "-m", "neuroprint", "ownership", "verify", "--queries",
+                           str(tmp_path / "queries"), "--url", f"{guard_url}/v1/predict"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    verdict = json.loads(done.stdout)
+    assert verdict["cae_acc"] == 1.0 and verdict["is_surrogate"] and "SURROGATE" in done.stderr
 
 
 # -- 7. per-request draws --------------------------------------------------------------------------------------
