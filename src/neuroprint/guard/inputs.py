@@ -132,13 +132,12 @@ def input_batches(path: Path, image_shape: tuple[int, int, int], batch_size: int
     at a time. With `ranks` of a torchrun job, only this rank's block of batches is read."""
     if path.suffix.lower() == ".npz" and path.is_file():
         images = npz_images(path, image_shape)
-        block = ranks.batches(len(images), batch_size)
-        first, last = block.start * batch_size, min(block.stop * batch_size, len(images))
+        first, last = _block(len(images), batch_size, ranks)
         return last - first, (([f"{path.name}#{i}" for i in range(start, min(start + batch_size, last))],
                                images[start : min(start + batch_size, last)]) for start in range(first, last, batch_size))
     files = input_files(path)
-    block = ranks.batches(len(files), batch_size)
-    mine = files[block.start * batch_size : block.stop * batch_size]
+    first, last = _block(len(files), batch_size, ranks)
+    mine = files[first:last]
 
     def batches() -> Iterator[tuple[list[str], torch.Tensor]]:
         for start in range(0, len(mine), batch_size):
@@ -147,6 +146,12 @@ def input_batches(path: Path, image_shape: tuple[int, int, int], batch_size: int
             yield names, torch.cat([image_from_bytes(_read(f), image_shape, str(f)) for f in chunk])
 
     return len(mine), batches()
+
+
+def _block(n: int, batch_size: int, ranks: Ranks) -> tuple[int, int]:
+    """The first and one-past-last item of this rank's block of batches over `n` items."""
+    block = ranks.batches(n, batch_size)
+    return block.start * batch_size, min(block.stop * batch_size, n)
 
 
 def _read(path: Path) -> bytes:

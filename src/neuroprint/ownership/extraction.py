@@ -166,7 +166,8 @@ def with_new_head(pretrained: Classifier, architecture: str, data: DataSplits, s
     """`architecture` for `data`'s classes holding `pretrained`'s weights everywhere but the output layer, which is
     freshly initialised (seeded)."""
     model = build_classifier(architecture, data, seed)
-    head = {f"module.{name}.{p}" for name, m in pretrained.module.named_modules() if m is last_linear(pretrained)
+    last = last_linear(pretrained)
+    head = {f"module.{name}.{p}" for name, m in pretrained.module.named_modules() if m is last
             for p in ("weight", "bias")}
     state = {k: v for k, v in pretrained.state_dict().items() if k not in head and k not in ("mean", "std")}
     model.load_state_dict(state, strict=False)
