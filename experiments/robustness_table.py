@@ -36,7 +36,8 @@ OTHERS = ["lid", "kdbu", "distance-space", "binary-activation", "dknn"]
 @dataclass(frozen=True)
 class Run:
     """One `neuroprint robustness` run: `detectors` x `budgets`, `steps` per attack, the whole suite unless
-    `attacks` names some, on `model`."""
+    `attacks` names some, on `model`; test images attacked unless `sources` says "validation", through the
+    defender's own detectors unless `attacker_seed` gives the attacker its own copies."""
 
     name: str
     detectors: list[str]
@@ -44,11 +45,13 @@ class Run:
     steps: int
     attacks: list[str] | None = None
     model: str = "mnist-net"
+    sources: str = "test"
+    attacker_seed: int | None = None
 
     def config(self) -> RobustnessConfig:
         return RobustnessConfig(detectors=self.detectors, budgets=self.budgets, attacks=self.attacks,
                                 model=self.model, train=train_config(4, 0), n_fit=2000, n_attack=100,
-                                steps=self.steps)
+                                steps=self.steps, sources=self.sources, attacker_seed=self.attacker_seed)
 
 
 # The bank and Mahalanobis get 500 steps (their curves rise longest, docs/benchmarks/adaptive.md), the others 300.
@@ -68,20 +71,22 @@ RUNS = [
 ]
 
 
-def recorded(run: Run) -> RobustnessReport | None:
-    """`run`'s report from its record, or None where it has none yet."""
-    path = RESULTS / run.name / "robustness.json"
+def recorded(run: Run, results: Path = RESULTS) -> RobustnessReport | None:
+    """`run`'s report from its record under `results`, or None where it has none yet."""
+    path = results / run.name / "robustness.json"
     return report_from_json(json.loads(path.read_text())) if path.is_file() else None
 
 
-def run_or_reuse(run: Run, rerun: bool) -> RobustnessReport:
-    """`run`'s report: read from its record, or computed (and its record, table and curves written)."""
-    if not rerun and (report := recorded(run)) is not None:
+def run_or_reuse(run: Run, rerun: bool, results: Path = RESULTS,
+                 module: str = "experiments.robustness_table") -> RobustnessReport:
+    """`run`'s report: read from its record under `results`, or computed by `module --only NAME` (and its record,
+    table and curves written)."""
+    if not rerun and (report := recorded(run, results)) is not None:
         return report
     print(f"== {run.name}: {', '.join(run.detectors)} at {', '.join(run.budgets)}", file=sys.stderr, flush=True)
     report = run_robustness(run.config(), log=lambda message: print(message, file=sys.stderr, flush=True))
-    report.command = [sys.executable, "-m", "experiments.robustness_table", "--only", run.name]
-    write_outputs(report, RESULTS / run.name)
+    report.command = [sys.executable, "-m", module, "--only", run.name]
+    write_outputs(report, results / run.name)
     return report
 
 

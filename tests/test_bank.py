@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,6 +205,53 @@ def test_per_input_draws_differ_and_are_reproducible(fitted_bank: tuple[BankDete
         det.sampling = "seeded"
 
 
+def test_secure_draws_are_seeded_from_the_os_csprng(fitted_bank: tuple[BankDetector, torch.Tensor],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    det, x = fitted_bank
+    calls: list[int] = []
+
+    def randbits(k: int) -> int:
+        calls.append(k)
+        return 12345
+
+    monkeypatch.setattr("neuroprint.detectors.bank.secrets.randbits", randbits)
+    det.sampling = "secure"
+    try:
+        det.score(x)
+        det.score(x)
+    finally:
+        det.sampling = "seeded"
+    assert calls == [63, 63]  # one CSPRNG seed per call, none from random_state
+
+
+def test_secret_key_bank_cannot_be_rebuilt_and_is_stored_nowhere(
+    tiny_classifier: Classifier, digits: DataSplits, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from neuroprint.attacks import build_adversarial_set, make_attack
+
+    adv = build_adversarial_set(tiny_classifier, make_attack("pgd:eps=0.3,steps=10"), digits.val.x[:150],
+                                digits.val.y[:150]).successful()
+    params: dict[str, Any] = {"d": 8, "n_candidates": 800, "bank_size": 200, "k": 10, "min_adv": 5, "max_p": 0.01,
+                              "min_effect": 0.8}
+
+    def fit(**extra: Any) -> BankDetector:
+        return BankDetector(**params, **extra).fit(tiny_classifier, digits.val.x[150:], digits.val.y[150:], adv.x_adv)
+
+    assert torch.equal(fit().index_, fit().index_)  # seeded: anyone with the seed rebuilds the bank
+    assert not torch.equal(fit(secret_key=True).index_, fit(secret_key=True).index_)
+    key = 0x5EC2E7C0FFEE1234  # what the CSPRNG hands out here; it must not appear anywhere afterwards
+    monkeypatch.setattr("neuroprint.detectors.bank.secrets.randbits", lambda k: key)
+    det = fit(secret_key=True)
+    det.save(tmp_path / "bank")
+    stored = b"".join(f.read_bytes() for f in (tmp_path / "bank").rglob("*") if f.is_file())
+    written = capsys.readouterr()
+    for form in (str(key).encode(), hex(key)[2:].encode(), key.to_bytes(8, "little"), key.to_bytes(8, "big")):
+        assert form not in stored and form.decode(errors="ignore") not in written.out + written.err
+    again = Detector.load(tmp_path / "bank", tiny_classifier)
+    assert torch.equal(again.index_, det.index_) and again.get_params()["secret_key"] is True
+
+
 def test_fixed_and_all_sampling(fitted_bank: tuple[BankDetector, torch.Tensor]) -> None:
     det, _ = fitted_bank
     pred = torch.tensor([0, 0, 3])
@@ -340,6 +388,7 @@ def test_wide_layers_are_scaled_per_neuron_instead_of_whitened() -> None:
         ({"score_kind": "shift", "back_weight": 1.5}, "back_weight must be in"),
         ({"shrinkage": -0.1}, "shrinkage must be in"),
         ({"whiten": "yes"}, "whiten must be true or false"),
+        ({"secret_key": 1}, "secret_key must be true or false"),
         ({"max_uses": -1}, "max_uses must be"),
         ({"z_cap": -1.0}, "z_cap must be in"),
         ({"output_cap": -1.0}, "output_cap must be in"),

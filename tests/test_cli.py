@@ -30,6 +30,30 @@ def train_digits(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[
     return stdout
 
 
+def test_adversarial_training_resists_the_attack_it_trained_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from neuroprint.attacks import make_attack
+    from neuroprint.data import load_dataset
+    from neuroprint.models.checkpoint import load_checkpoint
+
+    pgd = "pgd:eps=0.1,alpha=0.025,steps=5"
+    train_digits(monkeypatch, capsys, tmp_path / "plain")
+    code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "-m", "small-cnn", "--epochs", "20",
+                       "--lr-drop-epoch", "15", "--adversarial", pgd, "--out", str(tmp_path / "robust"))
+    assert code == 0, err
+    test = load_dataset("digits").test
+    robust_accuracy = {}
+    for name in ("plain", "robust"):
+        model, meta = load_checkpoint(tmp_path / name)
+        adv = make_attack(pgd.replace("steps=5", "steps=20"))(model, test.x, test.y).x_adv
+        robust_accuracy[name] = float((model.predict(adv) == test.y).float().mean())
+    assert meta["adversarial_training"] == pgd
+    assert robust_accuracy["robust"] > robust_accuracy["plain"] + 0.2, robust_accuracy
+    code, _, err = run(monkeypatch, capsys, "train", "-d", "digits", "--adversarial", "pgd:eps=3")
+    assert code == 2 and "eps" in err and len(err.strip().splitlines()) == 1
+
+
 def test_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(monkeypatch, capsys, "list")
     assert code == 0
@@ -123,6 +147,29 @@ def test_robustness_reports_sr_per_attack_and_worst_case(
     assert json.loads(record.read_text())["outcomes"][0]["worst_case"] == maha["worst_case"]
 
 
+def test_robustness_on_validation_images_through_the_attackers_own_copy(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ck = tmp_path / "model"
+    train_digits(monkeypatch, capsys, ck)
+    record = tmp_path / "robustness.json"
+    common = ["robustness", "-d", "digits", "-m", str(ck), "--detector", "mahalanobis", "--eps", "0.2", "-a", "joint",
+              "--fit-attack", "pgd:steps=5", "--n-fit", "200", "--n-attack", "20", "--steps", "10", "--out-dir",
+              str(tmp_path / "rob"), "--cache-dir", str(tmp_path / "cache")]
+    outcomes = {}
+    for extra in ([], ["--attacker-seed", "1"]):
+        code, out, err = run(monkeypatch, capsys, *common, "--sources", "validation", "--json", str(record), *extra)
+        assert code == 0, err
+        data = json.loads(record.read_text())
+        outcomes[bool(extra)] = outcome = data["outcomes"][0]
+        per_image = outcome["worst_case_images"]["linf:0.2"]
+        assert len(per_image) == outcome["attacks"][0]["n"] and set(per_image) <= {0.0, 1.0}
+        assert sum(per_image) / len(per_image) == pytest.approx(outcome["worst_case"]["linf:0.2"])
+        assert data["config"]["sources"] == "validation" and "20 attacked validation images" in out
+    assert data["config"]["attacker_seed"] == 1 and "attacker's own copy (seed 1)" in outcomes[True]["gradient"]
+    assert outcomes[True]["threshold"] == outcomes[False]["threshold"]  # the defender's detector judges both runs
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -130,6 +177,8 @@ def test_robustness_reports_sr_per_attack_and_worst_case(
         (["robustness", "-d", "digits", "--detector", "lid", "--eps", "1.5"], "linf eps must be in (0, 1.0]"),
         (["robustness", "-d", "digits", "--detector", "lid", "-a", "pgd"], "unknown adaptive attack 'pgd'; valid: "),
         (["robustness", "-d", "digits", "--detector", "nope"], "unknown detector 'nope'"),
+        (["robustness", "-d", "digits", "--detector", "lid", "--sources", "train"],
+         "unknown sources 'train'; valid: test, validation"),
         (["train", "-d", "nope"], "unknown dataset 'nope'; valid: "),
         (["train", "-d", "digits", "-m", "vgg"], "unknown model 'vgg'; valid: "),
         (["train", "-d", "digits", "--epochs", "0"], "epochs must be >= 1"),

@@ -96,7 +96,17 @@ def test_guard_config_rejects_bad_values(guard_checkpoint: Path) -> None:
         GuardConfig(checkpoint=guard_checkpoint, detectors=[])
     with pytest.raises(ConfigError, match="draws"):
         GuardConfig(checkpoint=guard_checkpoint, draws="fixed")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="key must be one of secret, seed; got .public."):
+        GuardConfig(checkpoint=guard_checkpoint, key="public")
     assert detector_keys(["bank", "bank:k=5", "lid", "bank"]) == ["bank", "bank-2", "lid", "bank-3"]
+
+
+def test_guard_keys_the_bank_secretly_unless_asked_for_the_seed(guard_checkpoint: Path) -> None:
+    secret = GuardConfig(checkpoint=guard_checkpoint, detectors=["bank", "lid"])
+    assert secret.detector("bank").get_params()["secret_key"] is True
+    assert secret.detector("bank:secret_key=false").get_params()["secret_key"] is False  # the spec wins
+    assert GuardConfig(checkpoint=guard_checkpoint, key="seed").detector("bank").get_params()["secret_key"] is False
+    assert "secret_key" not in secret.detector("lid").get_params()
 
 
 def test_images_from_lists_checks_shape_values_and_numbers() -> None:

@@ -63,3 +63,19 @@ def test_auc_interval_covers_the_true_auc_and_narrows_with_more_scores() -> None
 def test_auc_interval_rejects_bad_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(InputError):
         metrics.auc_interval([0.0, 1.0], [2.0, 3.0], **kwargs)
+
+
+def test_paired_difference_interval_pairs_the_images() -> None:
+    rng = np.random.default_rng(2)
+    hard = rng.random(200) < 0.5  # per image: does the attack get through at all
+    a = (hard & (rng.random(200) < 0.6)).astype(float)  # a design that stops 40% of those
+    gap, low, high = metrics.paired_difference_interval(a, hard.astype(float))
+    assert low < gap < high < 0 and gap == pytest.approx(a.mean() - hard.mean())
+    # the same values unpaired (shuffled) give a wider interval: pairing removes the spread between images
+    _, low_u, high_u = metrics.paired_difference_interval(a, rng.permutation(hard.astype(float)))
+    assert high_u - low_u > high - low
+    assert metrics.paired_difference_interval([0.5, 1.0], [0.5, 1.0]) == (0.0, 0.0, 0.0)
+    with pytest.raises(InputError, match="equal lengths"):
+        metrics.paired_difference_interval([1.0, 0.0], [1.0])
+    with pytest.raises(InputError, match="NaN"):
+        metrics.paired_difference_interval([1.0, np.nan], [1.0, 0.0])

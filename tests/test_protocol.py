@@ -10,7 +10,7 @@ from neuroprint.data import DataSplits
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.evaluation import metrics
 from neuroprint.evaluation.protocol import N_EXAMPLES, EvalConfig, cached_adversarial_set, run_evaluation
-from neuroprint.evaluation.splits import correct_clean, draw_sources
+from neuroprint.evaluation.splits import correct_clean, draw_sources, held_out_index
 from neuroprint.models import Classifier
 from neuroprint.models.training import TrainConfig
 
@@ -25,6 +25,14 @@ def test_sources_are_disjoint_halves_and_seeded() -> None:
     assert len(torch.cat(draw_sources(10, 300, seed=0))) == 10  # capped at what the split has
     with pytest.raises(InputError, match="only 3 images"):
         draw_sources(3, 10, seed=0)
+
+
+def test_held_out_index_is_every_image_the_draw_left() -> None:
+    clean, attacked = draw_sources(1000, 300, seed=3)
+    left = held_out_index(1000, 300, seed=3)
+    assert len(left) == 700 and not set(left.tolist()) & set(torch.cat([clean, attacked]).tolist())
+    with pytest.raises(InputError, match="none are left to attack"):
+        held_out_index(300, 300, seed=3)
 
 
 def test_only_correctly_classified_clean_images_count(tiny_classifier: Classifier, digits: DataSplits) -> None:

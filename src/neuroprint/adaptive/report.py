@@ -33,8 +33,11 @@ def markdown_table(report: RobustnessReport) -> str:
     pct = f"{100 * c.fpr:g}%"
     lines = [
         (f"SR@{pct}FPR on {c.dataset} (model clean accuracy {100 * report.clean_accuracy:.2f}%): share of "
-         f"{_attacked(report)} attacked test images misclassified and not flagged, in %; detectors fit on {c.fit_attack}, "
-         f"thresholds at {pct} FPR on clean validation images; {c.steps} steps x {c.restarts} restart(s) per attack."),
+         f"{_attacked(report)} attacked {c.sources} images misclassified and not flagged, in %; detectors fit on "
+         f"{c.fit_attack}, thresholds at {pct} FPR on clean validation images; {c.steps} steps x {c.restarts} "
+         f"restart(s) per attack"
+         + ("." if c.attacker_seed is None else
+            f"; the attacker attacks through its own copy of each detector (seed {c.attacker_seed}).")),
         "",
         "| detector | budget | " + " | ".join(attacks) + " | **worst case** | no detector | FPR test |",
         "|---|---|" + "---|" * len(attacks) + "---|---|---|",
@@ -186,7 +189,8 @@ def report_from_json(record: dict[str, Any]) -> RobustnessReport:
     config = RobustnessConfig(detectors=c["detectors"], budgets=c["budgets"], attacks=c["attacks"],
                               dataset=record["dataset"], model=record["model"]["name"], fit_attack=c["fit_attack"],
                               n_fit=c["n_fit"], n_attack=c["n_attack"], steps=c["steps"], restarts=c["restarts"],
-                              eot=c["eot"], fpr=c["fpr"], seed=record["seed"])
+                              eot=c["eot"], fpr=c["fpr"], seed=record["seed"], sources=c.get("sources", "test"),
+                              attacker_seed=c.get("attacker_seed"))
     outcomes = [from_fields(DetectorOutcome, {**o, "attacks": [from_fields(AttackOutcome, a) for a in o["attacks"]]})
                 for o in record["outcomes"]]
     return RobustnessReport(config, record["model"]["clean_accuracy"], record["model"]["dir"], outcomes,

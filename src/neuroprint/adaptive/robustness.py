@@ -15,7 +15,13 @@ judges that one. For a deterministic detector the view's check is the defender's
 lost when any attack got it through; a randomized one gives the attacker no retries. Beside it: the attack success
 with no detector judging (the highest misclassification rate of one attack of the suite at that budget; the worst
 case can exceed it, as attacks get through on different images), and the FPR the threshold actually reaches on
-clean test images.
+clean test images. Every record keeps, per image, the probability that the worst-case submission gets through, so
+two designs can be compared image by image (`metrics.paired_difference_interval`).
+
+`sources="validation"` attacks validation images that no detector is fit or calibrated on (`splits.held_out_index`),
+to choose a design without the test set. `attacker_seed` gives the attacker its own copy of every detector, fit on
+its own validation images with its own key (`random_state`), both drawn with that seed; it attacks through its copy
+and the defender's detector judges (the threat model in which the key, not the method, is secret).
 Adaptive outputs are cached under `cache_dir`/robustness, keyed by everything that determines them. Under
 torchrun (`neuroprint.distributed`) every rank fits the detectors (the main rank's threshold is shared, so all
 attack the same detector), attacks its shard of the images, and the main rank reports.
@@ -38,17 +44,16 @@ from neuroprint.adaptive.base import NORMS, AdaptiveAttack
 from neuroprint.adaptive.cache import cached_attack
 from neuroprint.adaptive.feature_matching import FeatureMatching
 from neuroprint.adaptive.views import DetectorView, detector_view
-from neuroprint.data import Split, load_dataset
-from neuroprint.detectors import Detector
+from neuroprint.data import DataSplits, Split, load_dataset
+from neuroprint.detectors import Detector, make_detector
 from neuroprint.distributed import SINGLE, Ranks, muted
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.evaluation import metrics
 from neuroprint.evaluation.protocol import EvalConfig, cached_adversarial_set, load_model
-from neuroprint.evaluation.splits import correct_clean, protocol_splits
+from neuroprint.evaluation.splits import correct_clean, fit_splits, held_out_index, protocol_splits
 from neuroprint.io import git_commit, versions
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import TrainConfig, accuracy
-from neuroprint.registry import ADAPTIVE_ATTACKS
+from neuroprint.registry import ADAPTIVE_ATTACKS, DETECTORS
 from neuroprint.specs import parse_spec
 
 Log = Callable[[str], None]
@@ -56,6 +61,9 @@ Log = Callable[[str], None]
 SUITE = ("joint", "orthogonal", "selective", "feature-matching", "high-confidence")
 DEFENDER_DRAWS = 10  # verdicts averaged per submitted image when the detector draws at random per query
 N_TEST_CLEAN = 1000  # test sources drawn at least (half of them clean): the test FPR is measured on ~500 images
+#: where the attacked images come from: the test set (reporting), or validation images that no detector is fit or
+#: calibrated on (choosing a design without looking at the test set)
+SOURCES = ("test", "validation")
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,12 @@ class RobustnessConfig:
     batch_size: int = 100
     cache_dir: Path = Path("runs/cache")
     device: str = "cpu"
+    sources: str = "test"
+    attacker_seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.sources not in SOURCES:
+            raise ConfigError(f"unknown sources {self.sources!r}; valid: {', '.join(SOURCES)}")
         if not self.detectors:
             raise ConfigError("at least one detector is needed (--detector NAME); see `neuroprint list`")
         if not self.budgets:
@@ -165,6 +177,9 @@ class DetectorOutcome:
     worst_case: dict[str, float] = field(default_factory=dict)
     no_detector: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    #: per budget, per attacked image: the probability that the worst-case submission gets through (the share of
+    #: `DEFENDER_DRAWS` verdicts; 0 or 1 for a deterministic detector); paired comparisons of designs use these
+    worst_case_images: dict[str, list[float]] = field(repr=False, default_factory=dict)
 
 
 @dataclass
@@ -187,7 +202,8 @@ class RobustnessReport:
             "command": self.command,
             "config": {"detectors": c.detectors, "budgets": c.budgets, "attacks": c.attacks, "fit_attack": c.fit_attack,
                        "n_fit": c.n_fit, "n_attack": c.n_attack, "steps": c.steps, "restarts": c.restarts,
-                       "eot": c.eot, "fpr": c.fpr, "train": asdict(c.train)},
+                       "eot": c.eot, "fpr": c.fpr, "train": asdict(c.train), "sources": c.sources,
+                       "attacker_seed": c.attacker_seed},
             "model": {"name": c.model, "dir": self.model_dir, "clean_accuracy": self.clean_accuracy},
             "seconds": self.seconds,
             "outcomes": [asdict(o) for o in self.outcomes],
@@ -208,56 +224,84 @@ def run_robustness(config: RobustnessConfig, progress: bool = True, log: Log = p
                                            ranks.device(config.device), progress, log)
     model_tag = Path(model_dir).name
     splits = protocol_splits(classifier, data, config.n_fit, max(2 * config.n_attack, N_TEST_CLEAN), config.seed)
-    sources = correct_clean(classifier, data.test, splits.test_adv_index)
+    if config.sources == "test":
+        sources = correct_clean(classifier, data.test, splits.test_adv_index)
+    else:
+        sources = correct_clean(classifier, data.val, held_out_index(len(data.val), config.n_fit, config.seed))
     sources = sources.subset(torch.arange(min(config.n_attack, len(sources))))
     clean_accuracy = accuracy(classifier, data.test)
-    log(f"model {model_tag}: clean test accuracy {clean_accuracy:.4f}; attacking {len(sources)} test images")
+    log(f"model {model_tag}: clean test accuracy {clean_accuracy:.4f}; attacking {len(sources)} {config.sources} images")
     fit_adv, _ = cached_adversarial_set(classifier, model_tag, config.fit_attack, data.val, "val",
                                         splits.val_adv_index, config.cache_dir, config.batch_size, progress, ranks)
-    x_adv_fit = fit_adv.x_adv[fit_adv.success]
     outcomes = []
     for spec in config.detectors:
-        detector = ev.detector(spec)
         outcome = DetectorOutcome(spec)
         outcomes.append(outcome)
         try:
-            if detector.needs_training_data:
-                detector.set_training_data(data.train.x, data.train.y)
-            detector.fit(classifier, splits.val_clean.x, splits.val_clean.y,
-                         x_adv_fit if detector.needs_adversarial_examples else None)
+            detector = _fitted(ev.detector(spec), classifier, data, splits.val_clean, splits.val_calib,
+                               fit_adv.x_adv[fit_adv.success], config.fpr, ranks)
+            attacker = detector if config.attacker_seed is None else _attacker_copy(
+                config, spec, classifier, data, model_tag, progress, ranks)
         except (InputError, ConfigError) as exc:
             outcome.error = str(exc)
             log(f"{spec}: not evaluated ({exc})")
             continue
-        detector.calibrate(splits.val_calib.x, fpr=config.fpr)
-        detector.threshold_ = outcome.threshold = ranks.share(detector.threshold_)
-        view = detector_view(detector, draws=config.eot)
-        every = torch.ones(len(splits.test_clean), dtype=torch.bool)
-        outcome.fpr_test = 1.0 - _success_rate(detector, view, splits.test_clean.x, every)
-        outcome.gradient = view.gradient
+        outcome.threshold = detector.threshold_
+        judge, view = detector_view(detector, draws=config.eot), detector_view(attacker, draws=config.eot)
+        outcome.fpr_test = 1.0 - float(_evasion(detector, judge, splits.test_clean.x,
+                                                torch.ones(len(splits.test_clean), dtype=torch.bool)).mean())
+        outcome.gradient = view.gradient if attacker is detector else \
+            f"{view.gradient}, of the attacker's own copy (seed {config.attacker_seed})"
         log(f"{spec}: threshold {detector.threshold_:.4g} (FPR {config.fpr:g} on validation, "
-            f"{outcome.fpr_test:.3f} on clean test images); attacker's gradient: {view.gradient}")
+            f"{outcome.fpr_test:.3f} on clean test images); attacker's gradient: {outcome.gradient}")
         for budget in config.parsed_budgets:
-            _measure_budget(config, classifier, detector, view, budget, sources, splits.val_clean, model_dir,
+            _measure_budget(config, classifier, judge, view, budget, sources, splits.val_clean, model_dir,
                             outcome, progress, log, ranks)
     if not ranks.main:
         return None
     return RobustnessReport(config, clean_accuracy, model_dir, outcomes, time.perf_counter() - start)
 
 
-def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: Detector, view: DetectorView,
+def _fitted(detector: Detector, classifier: Classifier, data: DataSplits, fit_clean: Split, calib: Split,
+            x_adv: torch.Tensor, fpr: float, ranks: Ranks) -> Detector:
+    """`detector` fit on clean `fit_clean` (and adversarial `x_adv` where it needs them), its threshold set at
+    `fpr` on `calib` (the main rank's threshold, shared with every rank)."""
+    if detector.needs_training_data:
+        detector.set_training_data(data.train.x, data.train.y)
+    detector.fit(classifier, fit_clean.x, fit_clean.y, x_adv if detector.needs_adversarial_examples else None)
+    detector.calibrate(calib.x, fpr=fpr)
+    detector.threshold_ = ranks.share(detector.threshold_)
+    return detector
+
+
+def _attacker_copy(config: RobustnessConfig, spec: str, classifier: Classifier, data: DataSplits, model_tag: str,
+                   progress: bool, ranks: Ranks) -> Detector:
+    """The attacker's own copy of detector `spec`: its own key (`random_state`, where the detector has one) and its
+    own validation images, attacked with `fit_attack` and split for fitting and calibration, all drawn with
+    `attacker_seed`; the threat model in which the defender's key, not its method, is secret."""
+    seed = config.attacker_seed
+    own_key = {"random_state": seed} if "random_state" in DETECTORS.parameters(parse_spec(spec)[0]) else {}
+    fit_clean, calib, adv_index = fit_splits(classifier, data.val, config.n_fit, seed)
+    adv, _ = cached_adversarial_set(classifier, model_tag, config.fit_attack, data.val, "val", adv_index,
+                                    config.cache_dir, config.batch_size, progress, ranks)
+    return _fitted(make_detector(spec, **own_key), classifier, data, fit_clean, calib, adv.x_adv[adv.success],
+                   config.fpr, ranks)
+
+
+def _measure_budget(config: RobustnessConfig, classifier: Classifier, judge: DetectorView, view: DetectorView,
                     budget: Budget, sources: Split, guides: Split, model_dir: str, outcome: DetectorOutcome,
                     progress: bool, log: Log, ranks: Ranks) -> None:
-    """Run the suite against `detector` at `budget` on `sources`; append to `outcome` every attack's SR@FPR, the
-    worst case and the success with no detector judging (the highest misclassification rate of one attack)."""
+    """Run the suite through the attacker's `view` at `budget` on `sources` and let the defender's detector (its
+    view `judge`) decide; append to `outcome` every attack's SR@FPR, the worst case (per image and overall) and the
+    success with no detector judging (the highest misclassification rate of one attack)."""
     chosen = sources.x.clone()  # per image, the attacker's pick among the suite's outputs
     chosen_check = torch.full((len(sources),), math.inf)
-    for attack_spec in config.suite(detector.name):
+    for attack_spec in config.suite(judge.detector.name):
         attack = make_adaptive_attack(attack_spec, norm=budget.norm, eps=budget.eps, steps=config.steps,
                                       restarts=config.restarts, random_state=config.seed)
         if isinstance(attack, FeatureMatching):
             attack.set_guides(guides.x, guides.y)
-        key = _key(model_dir, outcome.detector, config, attack, sources, detector.threshold_)
+        key = _key(model_dir, outcome.detector, config, attack, sources, view.threshold)
         try:
             result, seconds = cached_attack(attack, classifier, view, sources, key,
                                              config.cache_dir / "robustness", config.batch_size, progress, ranks)
@@ -271,22 +315,24 @@ def _measure_budget(config: RobustnessConfig, classifier: Classifier, detector: 
         fooled = float(result.fooled.double().mean())
         outcome.attacks.append(AttackOutcome(
             outcome.detector, str(budget), attack.name, len(sources), fooled, float(result.evades.double().mean()),
-            _success_rate(detector, view, result.x_adv, result.fooled), seconds, attack.params["steps"],
+            float(_evasion(judge.detector, judge, result.x_adv, result.fooled).mean()), seconds, attack.params["steps"],
             attack.params["restarts"], 1000 * seconds / result.image_steps if seconds and result.image_steps else None,
             result.curve))
         outcome.no_detector[str(budget)] = max(fooled, outcome.no_detector.get(str(budget), 0.0))
         log(f"  {outcome.detector} {budget} {attack.name}: fooled {fooled:.3f}, "
             f"SR@{config.fpr:g}FPR {outcome.attacks[-1].sr:.3f} ({seconds:.0f} s)")
-    outcome.worst_case[str(budget)] = _success_rate(detector, view, chosen, classifier.predict(chosen) != sources.y)
+    evasion = _evasion(judge.detector, judge, chosen, classifier.predict(chosen) != sources.y)
+    outcome.worst_case[str(budget)] = float(evasion.mean())
+    outcome.worst_case_images[str(budget)] = [round(float(e), 4) for e in evasion]
     log(f"  {outcome.detector} {budget}: worst case SR@{config.fpr:g}FPR {outcome.worst_case[str(budget)]:.3f}")
 
 
-def _success_rate(detector: Detector, view: DetectorView, x: torch.Tensor, fooled: torch.Tensor) -> float:
-    """SR@FPR of the submitted images `x` `[N, C, H, W]` (`fooled` `[N]`): for a randomized detector the mean over
-    `DEFENDER_DRAWS` independent verdicts, each as one query would get it."""
+def _evasion(detector: Detector, view: DetectorView, x: torch.Tensor, fooled: torch.Tensor) -> torch.Tensor:
+    """Per submitted image of `x` `[N, C, H, W]` (`fooled` `[N]`), the probability `[N]` that it gets through:
+    misclassified and not flagged (`metrics.success_rate_at_threshold` is its mean); for a randomized detector the
+    share of `DEFENDER_DRAWS` independent verdicts, each as one query would get it."""
     draws = DEFENDER_DRAWS if view.randomized else 1
-    return sum(metrics.success_rate_at_threshold(fooled.numpy(), _flags(detector, x).numpy())
-               for _ in range(draws)) / draws
+    return torch.stack([fooled & ~_flags(detector, x) for _ in range(draws)]).double().mean(0)
 
 
 @torch.no_grad()
@@ -310,5 +356,7 @@ def _key(model_dir: str, spec: str, config: RobustnessConfig, attack: AdaptiveAt
                        "n_fit": config.n_fit, "fit_attack": config.fit_attack, "fpr": config.fpr, "eot": config.eot,
                        "threshold": f"{threshold:.9g}", "attack": attack.name, "params": attack.params,
                        "images": hashlib.sha256(sources.x.numpy().tobytes()).hexdigest(), "labels": sources.y.tolist(),
-                       "version": versions()["neuroprint"]}, sort_keys=True, default=str)
+                       "version": versions()["neuroprint"],
+                       **({} if config.attacker_seed is None else {"attacker_seed": config.attacker_seed})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

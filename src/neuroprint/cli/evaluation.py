@@ -103,6 +103,11 @@ def robustness(
     cache_dir: CacheDir = Path("runs/cache"),
     device: Device = "cpu",
     batch_size: BatchSize = 100,
+    sources: Annotated[str, typer.Option(help="images to attack: test (to report) or validation (images no detector "
+                                               "is fit or calibrated on: to choose a design on)")] = "test",
+    attacker_seed: Annotated[int | None, typer.Option(help="the attacker fits its own copy of every detector (its own "
+                                                          "random_state and validation images, drawn with this seed) "
+                                                          "and attacks through it; default: it holds the defender's")] = None,
 ) -> None:
     """Attack every detector with adaptive attackers who know it; prints SR@FPR per attack, budget and worst case.
 
@@ -116,7 +121,7 @@ def robustness(
         dataset_options=dataset_options(data_path), model=model,
         train=train_config(epochs, seed), fit_attack=fit_attack,
         n_fit=n_fit, n_attack=n_attack, steps=steps, restarts=restarts, eot=eot, fpr=fpr, seed=seed,
-        batch_size=batch_size, cache_dir=cache_dir, device=device,
+        batch_size=batch_size, cache_dir=cache_dir, device=device, sources=sources, attacker_seed=attacker_seed,
     )
     report = run_robustness(config, log=echo, ranks=ranks(device))
     if report is not None:

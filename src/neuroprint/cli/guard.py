@@ -25,19 +25,22 @@ def fit(
     n_fit: Annotated[int, typer.Option(help="validation source images (half clean, half attacked)")] = 1000,
     n_test: Annotated[int, typer.Option(help="clean test images the reached FPR is measured on (0 = skip)")] = 1000,
     seed: Annotated[int, typer.Option(help="random seed (image draw, detector sampling)")] = 0,
+    key: Annotated[str, typer.Option(help="secret: the bank's fingerprints are sampled from a seed drawn from the OS "
+                                          "CSPRNG and kept nowhere (keep the guard directory private); seed: from "
+                                          "--seed, reproducible, and rebuildable by anyone who knows it")] = "secret",
 ) -> None:
     """Fit detectors on a checkpoint's validation images, calibrate them at --fpr, and write a guard directory."""
     from neuroprint.guard import GuardConfig, fit_guard
 
     config = GuardConfig(checkpoint=checkpoint, detectors=detector or ["bank"], attacks=attack or ["pgd"],
                          dataset=dataset, dataset_options=dataset_options(data_path),
-                         fpr=fpr, n_fit=n_fit, n_test=n_test, seed=seed)
+                         fpr=fpr, n_fit=n_fit, n_test=n_test, seed=seed, key=key)
     guard = fit_guard(config, log=lambda m: typer.echo(m, err=True))
     guard.save(out)
     measured = guard.meta.get("test_fpr", {})
-    for key, threshold in guard.thresholds.items():
-        reached = f"; clean test FPR {100 * measured[key]:.1f}%" if key in measured else ""
-        typer.echo(f"{key}: threshold {threshold:.4g}{reached}")
+    for name, threshold in guard.thresholds.items():
+        reached = f"; clean test FPR {100 * measured[name]:.1f}%" if name in measured else ""
+        typer.echo(f"{name}: threshold {threshold:.4g}{reached}")
     if "any" in measured:
         typer.echo(f"any detector: clean test FPR {100 * measured['any']:.1f}% on {measured['n_images']} images")
     typer.echo(f"guard written to {out}")

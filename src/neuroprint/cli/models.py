@@ -40,10 +40,14 @@ def train(
                                                               "(default all)")] = None,
     probe_directions: Annotated[str, typer.Option(help="NeuralFP probes: dx pixels in [-eps, eps] (symmetric, the "
                                                        "paper) or [0, eps) (positive, the reference code)")] = "symmetric",
+    adversarial: Annotated[str | None, typer.Option(help="adversarial training (Madry et al. 2018): train on this "
+                                                         "attack's examples of every batch, e.g. "
+                                                         "pgd:eps=0.3,alpha=0.1,steps=5")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint directory to write")] = Path("runs/models/mnist-net"),
     device: Device = "cpu",
 ) -> None:
     """Train a classifier; writes a checkpoint (model.safetensors, model.json; probes.safetensors too)."""
+    from neuroprint.attacks.training import adversarial_training
     from neuroprint.data import load_dataset
     from neuroprint.models.checkpoint import save_checkpoint, train_model
     from neuroprint.models.probes import ProbeConfig
@@ -57,9 +61,10 @@ def train(
                                    per_step=probes_per_step, directions=probe_directions)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_drop_epoch=lr_drop_epoch, seed=seed,
                          probes=probe_config)
+    perturb = adversarial_training(adversarial) if adversarial else None
     data = load_dataset(dataset, **dataset_options(data_path))
-    clf, meta = train_model(model, data, config, device=device)
-    save_checkpoint(clf, out, meta)
+    clf, meta = train_model(model, data, config, device=device, perturb=perturb)
+    save_checkpoint(clf, out, {**meta, "adversarial_training": adversarial} if adversarial else meta)
     typer.echo(f"test accuracy {meta['clean_accuracy']:.4f}; checkpoint written to {out}")
 
 

@@ -16,6 +16,10 @@ input**, so an attacker holding the model and the detector cannot know which fin
 - Draws (`sampling`): "seeded" (a generator seeded with `random_state` at every call: reproducible evaluation),
   "secure" (seeded from the OS CSPRNG at every call: serving), "all" (every fingerprint: the authors' code),
   "fixed" (the first `k` of each bank for every input: the ablation without randomisation).
+- The key (`secret_key`): the candidate subsets are sampled with `random_state` (reproducible research), or with
+  `secret_key=True` from a seed drawn from the OS CSPRNG at fit and kept nowhere, so that an attacker holding the
+  method, the code, the model and the data cannot rebuild the bank; the saved bank is then the only copy of the
+  secret and belongs on the server (the guard fits this way by default).
 
 Scoring is one forward pass, one small matrix product per layer and a gather over `[N, k, d]` indices, and is
 differentiable in the input pixels. The defaults were chosen on validation splits (experiments/bank_selection.py;
@@ -88,6 +92,8 @@ class BankDetector(Detector):
     - `max_p` (Welch t-test) and `min_effect` (|Cohen's d|): the selection rule.
     - `min_adv`: a class with fewer adversarial examples attacked to it (or fewer clean examples) uses a bank
       built from all classes (reported in `fit_report_`).
+    - `random_state` seeds the candidate subsets and the "seeded" draw; `secret_key` (default False; the guard
+      sets True) samples the candidates from a seed drawn from the OS CSPRNG and kept nowhere instead.
     - `score_kind`: "shift" (default), "lr" (the authors'), "anomaly" or "vote"; `back_weight` in [0, 1]: the
       weight "shift" gives to moves against the fitted direction (1: symmetric |z|, 0: one-sided); `z_cap`
       (default 3; None or 0: no cap): the most one fingerprint adds to the "shift" score.
@@ -121,6 +127,7 @@ class BankDetector(Detector):
         score_kind: Literal["lr", "anomaly", "vote", "shift"] = "shift",
         sampling: Literal["seeded", "secure", "all", "fixed"] = "seeded",
         random_state: int = 0,
+        secret_key: bool = False,
         back_weight: float = 0.3,
         whiten: bool = True,
         shrinkage: float = 0.05,
@@ -140,6 +147,7 @@ class BankDetector(Detector):
         check_float("back_weight", back_weight, 0.0, 1.0, low_open=False)
         check_float("shrinkage", shrinkage, 0.0, 1.0, low_open=False)
         check_bool("whiten", whiten)
+        check_bool("secret_key", secret_key)
         max_uses = check_optional_cap("max_uses", max_uses, integer=True)
         z_cap, output_cap = check_optional_cap("z_cap", z_cap), check_optional_cap("output_cap", output_cap)
         for pname, value, valid in (("score_kind", score_kind, SCORE_KINDS), ("sampling", sampling, SAMPLINGS),
@@ -159,6 +167,7 @@ class BankDetector(Detector):
         self.score_kind = score_kind
         self.sampling = sampling
         self.random_state = random_state
+        self.secret_key = secret_key
         self.back_weight = back_weight
         self.whiten = whiten
         self.shrinkage = shrinkage
@@ -223,7 +232,7 @@ class BankDetector(Detector):
         built from all classes pooled (`class_banks`; `fit_report_["fallback_classes"]`)."""
         self.whiteners_ = within_class_whiteners(f_clean, y, widths, n_classes, self.shrinkage) if self.whiten else ()
         f_clean, f_adv = whiten(f_clean, self.whiteners_), whiten(f_adv, self.whiteners_)
-        generator = torch.Generator().manual_seed(self.random_state)
+        generator = torch.Generator().manual_seed(secrets.randbits(63) if self.secret_key else self.random_state)
         report: dict[str, Any] = {"sampled_layers": [n for n, w in zip(self.layers_, widths, strict=True)
                                                      if self.subset == "concat" or w >= self.d],
                                   "whitening": {n: ("none" if not self.whiten else "zca" if w <= MAX_ZCA_WIDTH else

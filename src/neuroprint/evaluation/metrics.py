@@ -81,3 +81,24 @@ def success_rate_at_threshold(fooled: ArrayLike, flagged: ArrayLike) -> float:
         raise InputError(f"fooled and flagged must be non-empty and of equal length, got {f.size} and {d.size}")
     return float((f & ~d).mean())
 
+
+
+def paired_difference_interval(a: ArrayLike, b: ArrayLike, level: float = 0.95, n_resamples: int = 5000,
+                               seed: int = 0) -> tuple[float, float, float]:
+    """Mean of `a - b` over paired per-image values `[N]` (e.g. two designs' probabilities that the same attacked
+    image gets through) and its percentile-bootstrap confidence interval at `level`, resampling images (scipy's
+    `bootstrap` with `paired=True`). Returns (difference, low, high); an interval that excludes 0 says the two
+    differ on this sample."""
+    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if x.size < 2 or x.shape != y.shape:
+        raise InputError(f"paired values need at least 2 images each and equal lengths, got {x.size} and {y.size}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise InputError("paired values contain NaN or infinite values")
+    if not 0.0 < level < 1.0:
+        raise InputError(f"confidence level must lie in (0, 1), got {level}")
+    if np.array_equal(x - y, np.full_like(x, x[0] - y[0])):  # every image differs alike: no spread to resample
+        return float(x[0] - y[0]), float(x[0] - y[0]), float(x[0] - y[0])
+    ci = bootstrap((x, y), lambda u, v, axis=-1: (u - v).mean(axis=axis), paired=True, vectorized=True,
+                   confidence_level=level, n_resamples=n_resamples, method="percentile",
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return float((x - y).mean()), float(ci.low), float(ci.high)

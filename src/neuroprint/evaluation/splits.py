@@ -25,6 +25,16 @@ def draw_sources(n_available: int, n: int, seed: int) -> tuple[torch.Tensor, tor
     return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
 
 
+def held_out_index(n_available: int, n_drawn: int, seed: int) -> torch.Tensor:
+    """The indices `draw_sources(n_available, n_drawn, seed)` left undrawn (sorted): images of the split that no
+    detector was fit or calibrated on, for choosing a design without touching the test set."""
+    if n_drawn >= n_available:
+        raise InputError(f"all {n_available} images of the split are drawn for fitting (n_fit={n_drawn}); none are "
+                         "left to attack: lower n_fit or attack the test images")
+    perm = torch.randperm(n_available, generator=torch.Generator().manual_seed(seed))
+    return perm[n_drawn:].sort().values
+
+
 @dataclass
 class ProtocolSplits:
     """The protocol's disjoint image sets (module docstring): clean validation images to fit on (`val_clean`) and

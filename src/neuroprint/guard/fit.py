@@ -30,12 +30,15 @@ from neuroprint.models.classifier import Classifier
 from neuroprint.specs import parse_spec
 
 Log = Callable[[str], None]
+KEYS = ("secret", "seed")
 
 
 @dataclass
 class GuardConfig:
     """What to fit. `dataset` None means the dataset named in the checkpoint (`model.json`); `fpr` in (0, 1) is the
-    share of clean images each detector may flag; `draws` is how randomized detectors draw when calibrated."""
+    share of clean images each detector may flag; `draws` is how randomized detectors draw when calibrated;
+    `key` "secret" (default) fits every detector that takes a `secret_key` (the bank) from a seed drawn from the
+    OS CSPRNG and kept nowhere, "seed" from `seed` (reproducible, and rebuildable by anyone who knows the seed)."""
 
     checkpoint: str | Path
     detectors: list[str] = field(default_factory=lambda: ["bank"])
@@ -48,6 +51,7 @@ class GuardConfig:
     seed: int = 0
     draws: Draws = "secure"
     batch_size: int = 256
+    key: str = "secret"
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -60,16 +64,21 @@ class GuardConfig:
         check_int("n_fit", self.n_fit, 8)
         check_int("n_test", self.n_test, 0)
         check_choice("draws", self.draws, DRAWS)
+        check_choice("key", self.key, KEYS)
         for spec in self.attacks:  # fail on bad names before loading anything
             make_attack(spec)
         for spec in self.detectors:
             self.detector(spec)
 
     def detector(self, spec: str) -> Detector:
-        """A fresh detector for `spec`, seeded with `seed` unless the spec sets `random_state`."""
+        """A fresh detector for `spec`, seeded with `seed` and keyed as `key` says, unless the spec sets
+        `random_state` or `secret_key` itself."""
         name, params = parse_spec(spec)
-        if name in DETECTORS and "random_state" in DETECTORS.parameters(name):
+        accepted = DETECTORS.parameters(name) if name in DETECTORS else []
+        if "random_state" in accepted:
             params = {"random_state": self.seed, **params}
+        if "secret_key" in accepted:
+            params = {"secret_key": self.key == "secret", **params}
         return make_detector(name, **params)
 
 

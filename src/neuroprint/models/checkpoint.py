@@ -22,7 +22,7 @@ from neuroprint.errors import ConfigError, InputError
 from neuroprint.io import atomic_path, git_commit, read_json, versions, write_json
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.probes import NeuralFPProbes
-from neuroprint.models.training import TrainConfig, accuracy, train
+from neuroprint.models.training import Perturb, TrainConfig, accuracy, train
 from neuroprint.registry import MODELS
 
 WEIGHTS, META, PROBES = "model.safetensors", "model.json", "probes.safetensors"
@@ -159,11 +159,13 @@ def build_classifier(architecture: str, data: DataSplits, seed: int) -> Classifi
 
 
 def train_model(
-    architecture: str, data: DataSplits, config: TrainConfig, progress: bool = True, device: str = "cpu"
+    architecture: str, data: DataSplits, config: TrainConfig, progress: bool = True, device: str = "cpu",
+    perturb: Perturb | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
-    """Train a zoo architecture on `data` on `device`; returns the classifier and its checkpoint metadata."""
+    """Train a zoo architecture on `data` on `device` (on `perturb`'s inputs in place of each batch, e.g.
+    `attacks.training.adversarial_training`); returns the classifier and its checkpoint metadata."""
     clf = build_classifier(architecture, data, config.seed).to(device)
-    history = train(clf, data.train, data.val, config, progress=progress)
+    history = train(clf, data.train, data.val, config, progress=progress, perturb=perturb)
     meta = {
         "architecture": architecture,
         "arch_kwargs": architecture_kwargs(architecture, data),

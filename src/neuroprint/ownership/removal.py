@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from neuroprint.attacks.training import adversarial_training
 from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.data.base import DataSplits, Split
 from neuroprint.errors import ConfigError
@@ -39,7 +40,7 @@ from neuroprint.models.checkpoint import build_classifier
 from neuroprint.models.classifier import Classifier, last_linear
 from neuroprint.models.training import Perturb, TrainConfig, train
 from neuroprint.ownership.source_api import SourceAPI
-from neuroprint.registry import ATTACKS, MODELS, Registry
+from neuroprint.registry import MODELS, Registry
 from neuroprint.specs import parse_spec
 
 REMOVALS: Registry[Any] = Registry("removal attack")
@@ -210,10 +211,7 @@ def retrain(architecture: str = "lenet5", epochs: int = 4, lr: float = 1e-3, see
 def adv_train(architecture: str = "lenet5", eps: float = 0.3, alpha: float = 0.05, steps: int = 10,
               epochs: int = 4, lr: float = 1e-3, seed: int = 0) -> Removal:
     """Extraction with PGD adversarial training (L-inf `eps`, `steps` steps of `alpha`, random start)."""
-    attack = ATTACKS.create("pgd", eps=check_eps(eps), alpha=alpha, steps=steps, random_state=None)
-
-    def perturb(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return attack(model, x, y, batch_size=len(x)).x_adv.to(x.device)
+    perturb = adversarial_training(f"pgd:eps={check_eps(eps)},alpha={alpha},steps={steps}")
 
     return _from_scratch("adv-train", {"eps": eps, "alpha": alpha, "steps": steps}, architecture, epochs, lr, seed,
                          source_labels, "top-1 labels; one query per image of the attacker's own data", perturb)
