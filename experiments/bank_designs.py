@@ -15,9 +15,11 @@ classified images attacked with 500 steps per attack) whose record lands in `exp
 - `val-*`: designs on validation images no detector is fit or calibrated on (`--sources validation`), so that a
   design is chosen without looking at the test set: the default; the bank on a classifier adversarially trained at
   L-inf 0.3 (`neuroprint train --adversarial`, trained here when missing, ~20 minutes) beside Mahalanobis on it;
-  the bank on the NeuralFP-trained classifier; fewer fingerprints per draw (k = 10), so that draws differ more.
+  fewer fingerprints per draw (k = 10), so that draws differ more; the bank on the NeuralFP-trained classifier.
+- `adversarial-model`: the bank on the adversarially trained classifier, on the test images.
 
-The summary (`summary.md`) gives per run, detector and budget the worst-case SR@5%FPR, the share of attacked
+The summary (`summary.md`) gives per run, detector and budget the worst-case SR@5%FPR, the attack success with no
+detector judging (the highest misclassification rate of one attack of the suite), the share of attacked
 images on which the defender's draw decides (evasion probability strictly between 0 and 1, from 10 independent
 verdicts per image), and the paired gaps with 95% bootstrap intervals (`metrics.paired_difference_interval`).
 
@@ -51,10 +53,12 @@ RUNS = [
     Run("val-default", [SECURE], BUDGETS, STEPS, sources="validation"),
     Run("val-adversarial-model", [SECURE, "mahalanobis"], BUDGETS, STEPS, model=ADVERSARIAL_MODEL,
         sources="validation"),
-    Run("val-neuralfp-model", [SECURE], BUDGETS, STEPS, model=NEURALFP_MODEL, sources="validation"),
+    Run("adversarial-model", [SECURE], BUDGETS, STEPS, model=ADVERSARIAL_MODEL),
     Run("val-small-k", ["bank:sampling=secure,k=10"], BUDGETS, STEPS, sources="validation"),
+    Run("val-neuralfp-model", [SECURE], BUDGETS, STEPS, model=NEURALFP_MODEL, sources="validation"),
 ]
-#: paired comparisons (run, detector) - (run, detector): a negative difference = the first lets fewer through
+#: paired comparisons (run, detector) - (run, detector) on the same model, hence the same attacked images: a negative
+#: difference = the first lets fewer through
 GAPS = [
     (("modes", SECURE), ("modes", FIXED)),
     (("modes", SECURE), ("modes", ALL)),
@@ -72,18 +76,23 @@ def per_image(reports: dict[str, RobustnessReport], run: str, detector: str, bud
 
 def summary(reports: dict[str, RobustnessReport]) -> str:
     """The Markdown summary (module docstring) of the recorded runs."""
-    lines = ["| run | detector | images | " + " | ".join(f"{b} SR (%)" for b in BUDGETS) + " | "
+    lines = ["| run | model | detector | images | " + " | ".join(f"{b} SR (%)" for b in BUDGETS) + " | "
+             + " | ".join(f"{b} no detector (%)" for b in BUDGETS) + " | "
              + " | ".join(f"{b} draw decides (%)" for b in BUDGETS) + " |",
-             "|---|---|---|" + "---|" * (2 * len(BUDGETS))]
+             "|---|---|---|---|" + "---|" * (3 * len(BUDGETS))]
     for name, report in reports.items():
         for o in report.outcomes:
+            if o.error is not None:
+                lines.append(f"| {name} | {Path(report.config.model).name} | {o.detector} | not evaluated: {o.error} |")
+                continue
             rates = [f"{100 * o.worst_case[b]:.1f}" if b in o.worst_case else "–" for b in BUDGETS]
+            plain = [f"{100 * o.no_detector[b]:.0f}" if b in o.no_detector else "–" for b in BUDGETS]
             decides = []
             for b in BUDGETS:
                 p = o.worst_case_images.get(b)
                 decides.append(f"{100 * sum(0 < v < 1 for v in p) / len(p):.0f}" if p else "–")
-            lines.append(f"| {name} | {o.detector} | {report.config.sources} | " + " | ".join(rates) + " | "
-                         + " | ".join(decides) + " |")
+            lines.append(f"| {name} | {Path(report.config.model).name} | {o.detector} | {report.config.sources} | "
+                         + " | ".join(rates + plain + decides) + " |")
     lines += ["", "Paired gaps (percentage points, first minus second; 95% bootstrap interval over images):", "",
               "| first | second | budget | gap | interval |", "|---|---|---|---|---|"]
     for first, second in GAPS:
