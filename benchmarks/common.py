@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +32,42 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 30,
             fn()
             times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def launcher(processes: int) -> list[str]:
+    """The start of a command line that runs a Python script (or, followed by `-m`, a module) in one process, or
+    under torchrun with `processes` ranks on this machine."""
+    if processes == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+
+
+def process_thread_configs(cores: int) -> dict[str, tuple[int, int]]:
+    """(processes, threads per process) to compare on `cores` cores: 1 x 1, 1 x `cores`, and P x 1 for P >= 2."""
+    return {"1 process x 1 thread": (1, 1), f"1 process x {cores} threads": (1, cores),
+            **{f"{p} processes x 1 thread": (p, 1) for p in range(2, cores + 1)}}
+
+
+def alternating_runs(configs: dict[str, tuple[int, int]], command: Callable[[str, int], list[str]],
+                     rounds: int) -> dict[str, float]:
+    """Median wall seconds of each configuration's command (a fresh interpreter each time, `OMP_NUM_THREADS` set
+    to its threads), the configurations alternating over `rounds` rounds so machine noise hits them alike.
+    `command(name, processes)` gives the command line of one run."""
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, (processes, threads) in configs.items():
+            start = time.perf_counter()
+            subprocess.run(command(name, processes), check=True, capture_output=True,
+                           env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def speed_ups(seconds: dict[str, float], configs: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
+    """Speed-up over "1 process x 1 thread" and efficiency (speed-up per core used) of every configuration."""
+    single = seconds["1 process x 1 thread"]
+    return {"speed_up": {name: single / s for name, s in seconds.items()},
+            "efficiency": {name: single / s / (configs[name][0] * configs[name][1]) for name, s in seconds.items()}}
 
 
 def emit(record: dict[str, Any]) -> dict[str, Any]:

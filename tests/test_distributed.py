@@ -1,5 +1,5 @@
-"""torchrun sharding: the blocks of batches, the per-batch seeds, and 2-process gloo runs of `evaluate`,
-`robustness` and `score` that give exactly the 1-process output."""
+"""torchrun sharding: the blocks of batches, the per-batch seeds, and 2-process gloo runs of `evaluate` (sharded
+attacks and activations), `robustness` and `score` that give exactly the 1-process output."""
 from __future__ import annotations
 
 import json
@@ -61,7 +61,8 @@ def _without_timings(record: Any) -> Any:
 
 
 def test_two_process_evaluate_equals_one_process(guard_checkpoint: Path, tmp_path: Path) -> None:
-    """PGD's random starts and every batch land on the same images whichever rank runs them."""
+    """PGD's random starts and every batch land on the same images whichever rank runs them, and LID is fit and
+    scored on activations each rank extracts for its block (Mahalanobis, which pre-processes, on the images)."""
     args = ["evaluate", "-d", "digits", "-m", str(guard_checkpoint), "--detector", "mahalanobis", "--detector",
             "lid:batch_size=50", "-a", "fgsm", "-a", "pgd:steps=5", "--n-fit", "270", "--n-test", "200",
             "--batch-size", "32"]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from neuroprint.distributed import SINGLE, Ranks
 from neuroprint.errors import ConfigError, InputError
 from neuroprint.models.classifier import Classifier
 
@@ -71,19 +72,26 @@ def extract(
     batch_size: int = 256,
     memmap_dir: str | Path | None = None,
     progress: bool = False,
+    ranks: Ranks = SINGLE,
 ) -> Features:
     """Batched, gradient-free extraction of `activations` over a whole set `x` `[N, C, H, W]`.
 
     With `memmap_dir`, every layer is written batch by batch into a `.npy` memory map there (for sets that do
     not fit in memory) and the returned tensors are views of those maps.
+
+    With `ranks` of a torchrun job, every rank must call this with the same arguments: each extracts its block of
+    batches (`Ranks.batches`) and every rank gets the blocks gathered in rank order, which are the activations one
+    process computes (same batches, same order). The gathered set is held in memory on every rank.
     """
+    if ranks.world > 1:
+        return _extract_sharded(classifier, x, layers, pooling, batch_size, progress, ranks, memmap_dir)
     classifier.check_input(x)
     classifier.eval()
     n = len(x)
     stores: dict[str, torch.Tensor] = {}
     logits_out: torch.Tensor | None = None
     starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc="features", disable=not progress, unit="batch"):
+    for start in tqdm(starts, desc="features", disable=not progress, unit="batch", leave=False):
         xb = x[start : start + batch_size].to(classifier.device)
         logits, acts = activations(classifier, xb, layers, pooling)
         if logits_out is None:
@@ -96,6 +104,22 @@ def extract(
             stores[k][start : start + len(xb)] = v.cpu()
     assert logits_out is not None  # x is non-empty (checked above)
     return Features(logits_out, stores)
+
+
+def _extract_sharded(classifier: Classifier, x: torch.Tensor, layers: Sequence[str] | None, pooling: Pooling,
+                     batch_size: int, progress: bool, ranks: Ranks, memmap_dir: str | Path | None) -> Features:
+    """`extract` of this rank's block of `x`, gathered over all ranks. A rank whose block is empty (fewer batches
+    than ranks) extracts one image to learn the widths and sends none of it."""
+    if memmap_dir is not None:
+        raise ConfigError("memmap_dir= extracts in one process; under torchrun every rank gathers the activations "
+                          "in memory: run without torchrun, or with fewer images")
+    classifier.check_input(x)
+    block = ranks.batches(len(x), batch_size)
+    rows = x[block.start * batch_size : block.stop * batch_size]
+    part = extract(classifier, rows if len(rows) else x[:1], layers, pooling, batch_size, progress=progress)
+    check_fits_in_memory(len(x), part.logits.shape[1] + sum(v.shape[1] for v in part.values()))
+    keep = len(rows)
+    return Features(ranks.gather_rows(part.logits[:keep]), {k: ranks.gather_rows(v[:keep]) for k, v in part.items()})
 
 
 def available_memory() -> int | None:

@@ -100,11 +100,18 @@ class Detector:
 
     def calibrate(self, x_clean: torch.Tensor, fpr: float = 0.05) -> Detector:
         """Set `threshold_` so that a share `fpr` of the clean images `x_clean` is flagged."""
-        if not 0.0 < fpr < 1.0:
-            raise ConfigError(f"fpr must be in (0, 1), got {fpr}")
+        _check_fpr(fpr)
         with torch.no_grad():
-            scores = self.score(x_clean).double()
-        self.threshold_ = float(torch.quantile(scores, 1.0 - fpr))
+            return self._set_threshold(self.score(x_clean), fpr)
+
+    def calibrate_features(self, features: Features, fpr: float = 0.05) -> Detector:
+        """`calibrate` from precomputed activations (as described by `feature_spec`) of clean images."""
+        _check_fpr(fpr)
+        with torch.no_grad():
+            return self._set_threshold(self.score_features(features), fpr)
+
+    def _set_threshold(self, clean_scores: torch.Tensor, fpr: float) -> Detector:
+        self.threshold_ = float(torch.quantile(clean_scores.double(), 1.0 - fpr))
         return self
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,3 +209,8 @@ class Detector:
         detector.load_state_(tensors, config["extras"])
         detector.threshold_ = config.get("threshold")
         return detector
+
+
+def _check_fpr(fpr: float) -> None:
+    if not 0.0 < fpr < 1.0:
+        raise ConfigError(f"fpr must be in (0, 1), got {fpr}")

@@ -10,8 +10,11 @@
   clean", e.g. Mahalanobis' Gaussians, and would give a threshold with the wrong false-positive rate). With `fit_attacks`, every detector is fit once on those attacks and tested on all attacks
   (unseen-attack generalisation).
 - Trained models and adversarial sets are cached on disk, keyed by their configuration.
-- Under torchrun (`neuroprint.distributed`) every rank attacks its shard of the source images and the main rank
-  fits, scores and reports; the result is the single-process one whatever the number of ranks.
+- A detector that reads only activations (`Detector.feature_spec`) is fit and scored on activations extracted
+  once per image set and shared with the other detectors that read the same ones (`evaluation.inputs`).
+- Under torchrun (`neuroprint.distributed`) every rank attacks its shard of the source images and extracts the
+  activations of its shard; the main rank fits, scores and reports. The result is the single-process one whatever
+  the number of ranks.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from neuroprint.data import DataSplits, Split, load_dataset
 from neuroprint.detectors import DETECTORS, Detector, make_detector
 from neuroprint.distributed import SINGLE, Ranks, muted
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.evaluation import metrics
+from neuroprint.evaluation import inputs, metrics
 from neuroprint.evaluation.examples import Example, pick_examples
 from neuroprint.evaluation.results import AttackSummary, DetectionResult, EvalReport
 from neuroprint.evaluation.splits import ProtocolSplits, protocol_splits
@@ -147,8 +150,9 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print,
                    ranks: Ranks = SINGLE) -> EvalReport | None:
     """Run the protocol; returns every attack summary and every (detector, attack) result.
 
-    With `ranks` of a torchrun job, every rank must call this: the attacks are sharded across them, and the main
-    rank alone fits the detectors and returns the report (the others return None once the attacks are done)."""
+    With `ranks` of a torchrun job, every rank must call this: the attacks and the extraction of activations are
+    sharded across them, and the main rank alone fits the detectors and returns the report (the others return
+    None)."""
     if not ranks.main:
         progress, log = False, muted
     data = load_dataset(config.dataset, **config.dataset_options)
@@ -181,23 +185,25 @@ def run_evaluation(config: EvalConfig, progress: bool = True, log: Log = print,
         chosen, x_clean, x_adv = pick_examples(spec, adv_sets[spec, "test"], data.test, N_EXAMPLES, classifier.bounds)
         examples += chosen
         example_images[spec] = (x_clean, x_adv)
-    if not ranks.main:
-        return None
 
-    bench = _Bench(config, classifier, data.train, sets, adv_sets, example_images, log)
+    activations = inputs.SharedActivations(classifier, config.batch_size, ranks)
+    bench = _Bench(config, classifier, data.train, sets, adv_sets, example_images, activations, ranks.main, log)
     groups = [[spec] for spec in config.attacks] if config.fit_attacks is None else [list(config.fit_attacks)]
     results: list[DetectionResult] = []
     for name in config.detectors:
         for fit_group in groups:
             results += _fit_and_test(bench, name, fit_group, fit_group if config.fit_attacks is None else config.attacks)
+    if not ranks.main:
+        return None
     return EvalReport(config, clean_acc, str(model_dir), summaries, results, examples)
 
 
 @dataclass(frozen=True)
 class _Bench:
     """What every detector of one evaluation is fit and tested with: the config, the model, its training split
-    (for detectors that need it), the protocol's image sets, the adversarial sets by (attack spec, split) and the
-    example images (clean sources, adversarial) by attack spec."""
+    (for detectors that need it), the protocol's image sets, the adversarial sets by (attack spec, split), the
+    example images (clean sources, adversarial) by attack spec, the activations shared by the detectors, and
+    whether this process is the main rank (the one that fits and scores)."""
 
     config: EvalConfig
     classifier: Classifier
@@ -205,7 +211,13 @@ class _Bench:
     sets: ProtocolSplits
     adv_sets: dict[tuple[str, str], AdversarialSet]
     example_images: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    activations: inputs.SharedActivations
+    main: bool
     log: Log
+
+
+def _successes(adv: AdversarialSet) -> torch.Tensor:
+    return adv.x_adv[adv.success]
 
 
 def _fit_and_test(bench: _Bench, spec: str, fit_group: list[str], tested: list[str]) -> list[DetectionResult]:
@@ -214,33 +226,43 @@ def _fit_and_test(bench: _Bench, spec: str, fit_group: list[str], tested: list[s
 
     A detector that cannot be fit on this data (an `InputError`, e.g. no fingerprint passes the selection rule)
     gives results with `error` set and no metrics, so one failure does not end a long evaluation.
+
+    Every rank calls this (the activations are extracted sharded, all sets before fitting, so that a failed fit
+    cannot leave the ranks waiting on each other); only the main rank fits and returns results. `fit_seconds`
+    and `score_seconds_per_image` include the extraction of the activations they use, shared or not.
     """
     config, classifier, sets, adv_sets, log = bench.config, bench.classifier, bench.sets, bench.adv_sets, bench.log
     detector = config.detector(spec)
+    read = bench.activations.input
+    clean_fit = read(detector, "val_clean", sets.val_clean.x)
+    adv_fit = inputs.concat([read(detector, f"val_adv:{s}", _successes(adv_sets[s, "val"])) for s in fit_group]) \
+        if detector.needs_adversarial_examples else None
+    calib = read(detector, "val_calib", sets.val_calib.x)
+    clean_test = read(detector, "test_clean", sets.test_clean.x)
+    adv_tests = {attack: read(detector, f"test_adv:{attack}", _successes(adv_sets[attack, "test"])) for attack in tested}
+    if not bench.main:
+        return []
     if detector.needs_training_data:
         detector.set_training_data(bench.train.x, bench.train.y)
-    x_adv_fit = None
-    if detector.needs_adversarial_examples:
-        x_adv_fit = torch.cat([adv_sets[s, "val"].x_adv[adv_sets[s, "val"].success] for s in fit_group])
-        log(f"fit {spec} on {len(sets.val_clean)} clean + {len(x_adv_fit)} adversarial ({'+'.join(fit_group)})")
+    if adv_fit is not None:
+        log(f"fit {spec} on {len(clean_fit)} clean + {len(adv_fit)} adversarial ({'+'.join(fit_group)})")
     else:
-        log(f"fit {spec} on {len(sets.val_clean)} clean images (attack-agnostic)")
+        log(f"fit {spec} on {len(clean_fit)} clean images (attack-agnostic)")
     start = time.perf_counter()
     try:
-        detector.fit(classifier, sets.val_clean.x, sets.val_clean.y, x_adv_fit)
+        inputs.fit(detector, classifier, clean_fit, sets.val_clean.y, adv_fit)
     except InputError as exc:
         log(f"  {spec} could not be fit on {'+'.join(fit_group)}: {exc}")
         return [DetectionResult(spec, attack, fit_group, error=str(exc)) for attack in tested]
-    detector.calibrate(sets.val_calib.x, fpr=0.05)
-    fit_seconds = time.perf_counter() - start
-    clean_scores = _scores(detector, sets.test_clean.x)
+    inputs.calibrate(detector, calib, fpr=0.05)
+    extraction = clean_fit.seconds + calib.seconds + (adv_fit.seconds if adv_fit is not None else 0.0)
+    fit_seconds = time.perf_counter() - start + extraction
+    clean_scores = inputs.scores(detector, clean_test)
     results = []
     for attack in tested:
-        adv = adv_sets[attack, "test"]
-        x_adv = adv.x_adv[adv.success]
         start = time.perf_counter()
-        adv_scores = _scores(detector, x_adv)
-        per_image = (time.perf_counter() - start) / len(x_adv)
+        adv_scores = inputs.scores(detector, adv_tests[attack])
+        per_image = (time.perf_counter() - start + adv_tests[attack].seconds) / len(adv_scores)
         fprs, tprs = metrics.roc(clean_scores, adv_scores)
         example_clean, example_adv = bench.example_images[attack]
         low, high = auc_ci95 = metrics.auc_interval(clean_scores, adv_scores)
@@ -262,8 +284,8 @@ def _fit_and_test(bench: _Bench, spec: str, fit_group: list[str], tested: list[s
                 threshold=detector.threshold_,
                 clean_scores=rounded(clean_scores),
                 adv_scores=rounded(adv_scores),
-                example_scores={"clean": rounded(_scores(detector, example_clean)),
-                                "adversarial": rounded(_scores(detector, example_adv))},
+                example_scores={"clean": rounded(inputs.scores(detector, inputs.DetectorInput(example_clean))),
+                                "adversarial": rounded(inputs.scores(detector, inputs.DetectorInput(example_adv)))},
                 roc=(fprs.tolist(), tprs.tolist()),
             )
         )
@@ -275,13 +297,6 @@ def _fit_and_test(bench: _Bench, spec: str, fit_group: list[str], tested: list[s
 def rounded(values: np.ndarray, digits: int = 6) -> list[float]:
     """`values` as a list of floats rounded to `digits` significant digits (what the JSON record stores)."""
     return [float(f"{v:.{digits}g}") for v in values.tolist()]
-
-
-@torch.no_grad()
-def _scores(detector: Detector, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """Scores without an autograd graph (a detector that needs input gradients enables them itself)."""
-    parts = [detector.score(x[i : i + batch_size]).cpu().numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(parts)
 
 
 def load_model(model: str, data: DataSplits, train: TrainConfig, cache_dir: Path, device: str, progress: bool,
