@@ -22,6 +22,7 @@ from neuroprint.ownership import (
     QuerySet,
     cae_accuracy,
     conferrability,
+    experiment,
     generate_cem_queries,
     generate_ipguard_queries,
     make_removal,
@@ -31,6 +32,8 @@ from neuroprint.ownership import (
 )
 from neuroprint.ownership.experiment import (
     ATTACKER_SEED,
+    LOCAL_SURROGATE_SEED,
+    ModelCache,
     OwnershipConfig,
     attacker_removal,
     run_ownership,
@@ -321,3 +324,27 @@ def test_experiment_config_rejects_what_would_fail_late() -> None:
         OwnershipConfig(compare_eps=[1.5])
     with pytest.raises(ConfigError, match="unknown model"):
         OwnershipConfig(reference_architectures=["nope"])
+    with pytest.raises(ConfigError, match="unknown removal attack"):
+        OwnershipConfig(local_removals=["nope"])
+
+
+def test_local_removals_add_cached_surrogates_with_their_own_seeds(tmp_path, digits: DataSplits,
+                                                                   tiny_classifier: Classifier) -> None:
+    """The defender's extra local surrogates: one per removal spec, derived from its own source on its own half,
+    seeded after the retrained ones, and read back from the cache."""
+    defender, _ = split_owner_data(digits, seed=0)
+    logs: list[str] = []
+    cache = ModelCache(tmp_path, logs.append)
+    spec = "distill:temperature=2,architecture=small-cnn,epochs=25,lr=0.003"
+    surrogates, references = experiment.local_models(tiny_classifier, {"source": "tiny"}, "small-cnn", defender, 1, 1,
+                                                     3, cache, removals=[spec])
+    assert len(surrogates) == 2 and len(references) == 1
+    (extra,) = [m for m in cache.root.glob("models/local-surrogate-*") if "distill" in (m / "model.json").read_text()]
+    assert f'"seed": {LOCAL_SURROGATE_SEED + 1}' in (extra / "model.json").read_text()
+    agreement = (surrogates[1].predict(digits.test.x) == tiny_classifier.predict(digits.test.x)).float().mean()
+    assert agreement > 0.5  # a working student of the source
+    logs.clear()
+    again, _ = experiment.local_models(tiny_classifier, {"source": "tiny"}, "small-cnn", defender, 1, 1, 3, cache,
+                                       removals=[spec])
+    assert not logs and torch.equal(again[1].predict(digits.test.x), surrogates[1].predict(digits.test.x))
+

@@ -11,6 +11,7 @@ import typer
 
 from neuroprint.cli.report import html_report
 from neuroprint.errors import ConfigError
+from neuroprint.ownership import settings
 
 if TYPE_CHECKING:
     from neuroprint.ownership.cem import CEMConfig
@@ -54,13 +55,13 @@ def generate(
                                                          "default: train --n-local on the source's labels")] = None,
     reference: Annotated[list[Path] | None, typer.Option(help="local reference checkpoint (repeatable); "
                                                          "default: train --n-local on the true labels")] = None,
-    n_local: Annotated[int, typer.Option(help="local surrogates and references to train when none are given")] = 3,
+    n_local: Annotated[int, typer.Option(help="local surrogates and references to train when none are given")] = settings.N_LOCAL,
     epochs: Epochs = 4,
-    eps: Eps = 0.25,
+    eps: Eps = settings.EPS,
     steps: Steps = 300,
     weights: Weights = "sensitivity",
     beta: Beta = None,
-    tau: Tau = 0.9,
+    tau: Tau = settings.TAU,
     k: Annotated[float, typer.Option(help="IPGuard logit margin")] = 0.5,
     size: Size = 100,
     n_candidates: Candidates = 500,
@@ -110,7 +111,8 @@ def verify(
     suspect: Annotated[Path | None, typer.Option(help="suspect model checkpoint directory")] = None,
     url: Annotated[str | None, typer.Option(help="suspect HTTP endpoint answering {\"labels\": [...]} for "
                                             "{\"inputs\": [...]}")] = None,
-    rho: Annotated[float, typer.Option(help="CAEAcc threshold in [0, 1] above which the suspect is a surrogate")] = 0.75,
+    rho: Annotated[float, typer.Option(help="CAEAcc threshold in [0, 1] at or above which the suspect is a "
+                                           "surrogate")] = settings.RHO,
     batch_size: Annotated[int, typer.Option(help="queries per request to the suspect")] = 64,
 ) -> None:
     """Send a suspect the ownership queries of a query set; print its CAEAcc and the verdict (JSON on stdout)."""
@@ -135,14 +137,17 @@ def evaluate(
     architecture: Annotated[str, typer.Option(help="source and local model architecture")] = "lenet5",
     removal: Annotated[list[str] | None, typer.Option(help="removal attack spec (repeatable; default: all)")] = None,
     reference_arch: Annotated[list[str] | None, typer.Option(help="unseen reference architecture (repeatable)")] = None,
-    n_local: Annotated[int, typer.Option(help="local surrogates and references CEM optimises over")] = 3,
+    n_local: Annotated[int, typer.Option(help="local surrogates and references CEM optimises over")] = settings.N_LOCAL,
+    local_removal: Annotated[list[str] | None, typer.Option(
+        help="removal attack spec the defender runs on its own source for one more local surrogate "
+             "(repeatable; e.g. distill:temperature=4)")] = None,
     epochs: Epochs = 4,
-    eps: Eps = 0.25,
+    eps: Eps = settings.EPS,
     steps: Steps = 300,
     weights: Weights = "sensitivity",
     beta: Beta = None,
-    tau: Tau = 0.9,
-    rho: Annotated[float, typer.Option(help="CAEAcc threshold for the verdict counts in the table")] = 0.75,
+    tau: Tau = settings.TAU,
+    rho: Annotated[float, typer.Option(help="CAEAcc threshold for the verdict counts in the table")] = settings.RHO,
     size: Size = 100,
     n_candidates: Candidates = 500,
     compare_eps: Annotated[list[float] | None, typer.Option(help="also compare CEM with FGSM/PGD/CW at this eps "
@@ -162,7 +167,8 @@ def evaluate(
     from neuroprint.ownership.report import markdown_table, write_outputs
 
     config = OwnershipConfig(
-        dataset=dataset, architecture=architecture, epochs=epochs, n_surrogates=n_local, n_references=n_local, size=size, n_candidates=n_candidates, tau=tau,
+        dataset=dataset, architecture=architecture, epochs=epochs, n_surrogates=n_local, n_references=n_local,
+        local_removals=local_removal or [], size=size, n_candidates=n_candidates, tau=tau,
         cem=_cem_config(eps, steps, weights, beta, seed), ipguard=IPGuardConfig(steps=steps, seed=seed),
         removals=removal or list(DEFAULT_REMOVALS), reference_architectures=reference_arch or list(DEFAULT_REFERENCES),
         compare_eps=compare_eps or [], rho=rho, seed=seed, cache_dir=cache_dir,

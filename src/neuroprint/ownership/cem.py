@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.errors import ConfigError
 from neuroprint.models.classifier import Classifier, check_images, input_gradients_only
+from neuroprint.ownership import settings
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class CEMConfig:
     beta = gamma = 0.1 more conferrable: `CEMConfig.sensitivity_weights()` gives that setting.
     """
 
-    eps: float = 0.25
+    eps: float = settings.EPS
     steps: int = 300
     lr: float = 0.01
     alpha: float = 1.0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from neuroprint.io import git_commit, read_json, versions
 from neuroprint.models.checkpoint import architecture_kwargs, load_checkpoint, save_checkpoint
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import accuracy
+from neuroprint.ownership import settings
 from neuroprint.ownership.cem import CEMConfig
 from neuroprint.ownership.comparison import compare_conferrability, unseen_models
 from neuroprint.ownership.generate import generate_cem_queries
@@ -65,17 +66,20 @@ class OwnershipConfig:
     dataset: str = "mnist"
     architecture: str = "lenet5"  # the source model's and the local models' architecture
     epochs: int = 4
-    n_surrogates: int = 3
-    n_references: int = 3
+    n_surrogates: int = settings.N_LOCAL
+    n_references: int = settings.N_LOCAL
+    # removal attacks the defender runs on its own source and data for further local surrogates, so that CEM's
+    # examples must confer to derived models of those kinds too (none: only the n_surrogates retrained copies)
+    local_removals: list[str] = field(default_factory=list)
     size: int = 100  # ownership queries per query set
     n_candidates: int = 500  # validation images CEM and IPGuard start from
-    tau: float = 0.9
+    tau: float = settings.TAU
     cem: CEMConfig = field(default_factory=CEMConfig.sensitivity_weights)  # paper weights: ~1% adversarial on MNIST
     ipguard: IPGuardConfig = field(default_factory=IPGuardConfig)
     removals: list[str] = field(default_factory=lambda: list(DEFAULT_REMOVALS))
     reference_architectures: list[str] = field(default_factory=lambda: list(DEFAULT_REFERENCES))
     max_accuracy_drop: float = 0.03
-    rho: float = 0.75  # verification threshold on CAEAcc reported in the table
+    rho: float = settings.RHO  # verification threshold on CAEAcc reported in the table
     compare_eps: list[float] = field(default_factory=list)  # conferrability of CEM vs FGSM/PGD/CW at these eps
     n_compare: int = 300
     seed: int = 0
@@ -92,14 +96,15 @@ class OwnershipConfig:
         check_float("rho", self.rho, 0.0, 1.0, low_open=False)
         if not self.reference_architectures:
             raise ConfigError("reference_architectures must name at least one architecture (unseen references)")
-        for spec in self.removals:
+        for spec in [*self.removals, *self.local_removals]:
             make_removal(spec)
         for eps in self.compare_eps:
             check_eps(eps, "compare_eps")
         if self.compare_eps and not any(parse_spec(spec)[0] in FROM_SCRATCH for spec in self.removals):
             raise ConfigError(f"compare_eps needs a removal trained from scratch ({', '.join(FROM_SCRATCH)}) among "
                               "the removals: conferrability is measured on those surrogates")
-        counts = (self.n_surrogates, self.n_references, len(self.reference_architectures), len(self.removals))
+        counts = (self.n_surrogates + len(self.local_removals), self.n_references, len(self.reference_architectures),
+                  len(self.removals))
         if max(counts) > 100:
             raise ConfigError(f"at most 100 models per role (each role has its own range of 100 seeds), got {counts}")
 
@@ -181,15 +186,21 @@ class ModelCache:
 
 def local_models(
     source: Classifier, source_recipe: dict[str, Any], architecture: str, data: DataSplits, n_surrogates: int,
-    n_references: int, epochs: int, cache: ModelCache, seed_base: int = 0,
+    n_references: int, epochs: int, cache: ModelCache, seed_base: int = 0, removals: Sequence[str] = (),
 ) -> tuple[list[Classifier], list[Classifier]]:
     """The defender's local models for CEM, trained on `data.train` (cached): surrogates on the source's labels
-    (seeds `seed_base` + 1, 2, ...), references on the true labels (seeds `seed_base` + 101, 102, ...)."""
+    (seeds `seed_base` + 1, 2, ...), then one surrogate per removal attack spec in `removals`, run by the defender
+    on its own source and data (the next seeds), and references on the true labels (seeds `seed_base` + 101, ...)."""
     local = {"data": data_key(data.train), "architecture": architecture, "epochs": epochs}
     surrogates = [cache.get({"source": source_recipe, **local, "role": "local-surrogate", "seed": seed}, architecture, data,
                             lambda seed=seed: train_from_scratch(architecture, data, source_labels(source, data.train),
                                                                  source_labels(source, data.val), epochs, 1e-3, seed))
                   for seed in range(seed_base + LOCAL_SURROGATE_SEED, seed_base + LOCAL_SURROGATE_SEED + n_surrogates)]
+    for index, spec in enumerate(removals):
+        removal = seeded_removal(spec, seed_base + LOCAL_SURROGATE_SEED + n_surrogates + index)
+        recipe = {"source": source_recipe, **local, "role": "local-surrogate", "name": spec, "params": removal.params}
+        surrogates.append(cache.get(recipe, removal.architecture or architecture, data,
+                                    lambda removal=removal: removal.run(source, data)))
     references = [cache.get({**local, "role": "local-reference", "seed": seed}, architecture, data,
                             lambda seed=seed: train_from_scratch(architecture, data, data.train, data.val, epochs,
                                                                  1e-3, seed))
@@ -227,13 +238,14 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
     source_pred = source.predict(data.test.x)
     log(f"source {arch}: test accuracy {100 * source_acc:.2f}%")
     surrogates, references = local_models(source, source_recipe, arch, defender, config.n_surrogates,
-                                          config.n_references, config.epochs, cache, seed_base)
+                                          config.n_references, config.epochs, cache, seed_base, config.local_removals)
 
     candidates = data.val.subset(torch.arange(min(config.n_candidates, len(data.val))))
     local = {"source": source_recipe, "size": config.size, "n": len(candidates)}
     query_sets = {
         "cem": _cached_queries(
             Path(config.cache_dir), {**local, "cem": asdict(config.cem), "tau": config.tau, "S": config.n_surrogates,
+                                     **({"local_removals": config.local_removals} if config.local_removals else {}),
                                      "R": config.n_references},
             lambda: generate_cem_queries(source, surrogates, references, candidates.x, candidates.y, config.size,
                                          config.tau, config.cem, progress)),
@@ -286,8 +298,13 @@ def attacker_removal(spec: str, index: int, seed_base: int = 0) -> Removal:
     """The removal attack of `spec`, seeded with `seed_base + ATTACKER_SEED + index` unless the spec sets a seed:
     an attacker who retrains from the source's own initialisation seed would share its initial weights, which no
     real attacker knows (and which makes retrained surrogates look far more like the source than they are)."""
+    return seeded_removal(spec, seed_base + ATTACKER_SEED + index)
+
+
+def seeded_removal(spec: str, seed: int) -> Removal:
+    """The removal attack of `spec`, with `seed` unless the spec sets one."""
     name, params = parse_spec(spec)
-    params.setdefault("seed", seed_base + ATTACKER_SEED + index)
+    params.setdefault("seed", seed)
     return REMOVALS.create(name, **params)
 
 

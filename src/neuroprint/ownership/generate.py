@@ -14,6 +14,7 @@ import torch
 from neuroprint.checks import check_float, check_int
 from neuroprint.errors import InputError
 from neuroprint.models.classifier import Classifier
+from neuroprint.ownership import settings
 from neuroprint.ownership.cem import CEMConfig, run_cem
 from neuroprint.ownership.conferrability import conferrability, predictions
 from neuroprint.ownership.queries import QuerySet, select_balanced
@@ -26,7 +27,7 @@ def generate_cem_queries(
     x: torch.Tensor,
     y: torch.Tensor,
     size: int = 100,
-    tau: float = 0.9,
+    tau: float = settings.TAU,
     config: CEMConfig | None = None,
     progress: bool = True,
 ) -> QuerySet:

@@ -19,6 +19,7 @@ import torch
 from neuroprint.checks import check_float, check_int
 from neuroprint.errors import InputError
 from neuroprint.models.classifier import Classifier
+from neuroprint.ownership import settings
 from neuroprint.ownership.queries import QuerySet
 
 
@@ -99,7 +100,7 @@ def cae_accuracy(suspect: Suspect, queries: QuerySet) -> float:
     return float((labels == queries.target).float().mean())
 
 
-def verify(suspect: Suspect, queries: QuerySet, rho: float = 0.75) -> Verification:
+def verify(suspect: Suspect, queries: QuerySet, rho: float = settings.RHO) -> Verification:
     """CAEAcc of `suspect` and the verdict: surrogate when CAEAcc >= `rho` (in [0, 1])."""
     rho = check_float("rho", rho, 0.0, 1.0, low_open=False)
     acc = cae_accuracy(suspect, queries)
