@@ -32,13 +32,15 @@ def main() -> None:
     args = parser.parse_args()
     configs = process_thread_configs(args.cores)
     with tempfile.TemporaryDirectory() as tmp:
+        outs = {name: Path(tmp) / name.replace(" ", "-") for name in configs}
+
         def command(name: str, processes: int) -> list[str]:
             return [*launcher(processes), "-m", "neuroprint", "attack", "-c", str(CHECKPOINT), "-d", "mnist", "-a",
                     args.attack, "--n-images", str(args.n), "--batch-size", str(args.batch_size), "--out",
-                    str(Path(tmp) / name.replace(" ", "-"))]
+                    str(outs[name])]
 
         seconds = alternating_runs(configs, command, args.rounds)
-        outputs = [load_file(f"{Path(tmp) / name.replace(' ', '-')}.safetensors")["x_adv"] for name in configs]
+        outputs = [load_file(f"{out}.safetensors")["x_adv"] for out in outs.values()]
     if not all(torch.equal(x_adv, outputs[0]) for x_adv in outputs):
         raise SystemExit("the configurations produced different adversarial images")
     emit({"benchmark": "distributed_attacks", "attack": args.attack, "n": args.n, "batch_size": args.batch_size,
