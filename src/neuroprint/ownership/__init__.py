@@ -5,7 +5,7 @@ model by its CAEAcc on those ownership queries, and evaluate against removal att
 Example:
     >>> queries = generate_cem_queries(source, surrogates, references, x_val, y_val, size=100, tau=0.9)
     >>> queries.save("runs/queries")
-    >>> verify(LocalSuspect(suspect_model), QuerySet.load("runs/queries"), rho=0.6).is_surrogate
+    >>> verify(LocalSuspect(suspect_model), QuerySet.load("runs/queries"), rho=0.65).is_surrogate
 """
 from neuroprint.ownership import extraction as _extraction  # noqa: F401  (registers distill, jacobian, knockoff, transfer)
 from neuroprint.ownership.cem import CEMConfig, run_cem

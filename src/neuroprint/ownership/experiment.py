@@ -29,7 +29,7 @@ from neuroprint.checks import check_eps, check_float, check_int
 from neuroprint.data import load_dataset
 from neuroprint.data.base import DataSplits, Split
 from neuroprint.errors import ConfigError, InputError
-from neuroprint.io import git_commit, read_json, versions
+from neuroprint.io import git_commit, read_json, versions, write_json
 from neuroprint.models.checkpoint import architecture_kwargs, load_checkpoint, save_checkpoint
 from neuroprint.models.classifier import Classifier
 from neuroprint.models.training import accuracy
@@ -72,7 +72,7 @@ class OwnershipConfig:
     # examples must confer to derived models of those kinds too (none: only the n_surrogates retrained copies)
     local_removals: list[str] = field(default_factory=list)
     size: int = 100  # ownership queries per query set
-    n_candidates: int = 500  # validation images CEM and IPGuard start from
+    n_candidates: int = settings.N_CANDIDATES  # validation images CEM and IPGuard start from
     tau: float = settings.TAU
     cem: CEMConfig = field(default_factory=CEMConfig.sensitivity_weights)  # paper weights: ~1% adversarial on MNIST
     ipguard: IPGuardConfig = field(default_factory=IPGuardConfig)
@@ -287,9 +287,14 @@ def run_ownership(config: OwnershipConfig, progress: bool = True, log: Log = pri
     auc = {method: suspects_auc(suspects, method) for method in query_sets}
     comparison: list[dict[str, Any]] = []
     if config.compare_eps:
-        comparison = compare_conferrability(
-            source, candidates.subset(torch.arange(min(config.n_compare, len(candidates)))), (surrogates, references),
-            unseen_models(suspects, models), config.compare_eps, config.cem, progress)
+        pool = candidates.subset(torch.arange(min(config.n_compare, len(candidates))))
+        comparison = _cached_comparison(
+            Path(config.cache_dir),
+            {**local, "n": len(pool), "cem": asdict(config.cem), "eps": config.compare_eps, "S": config.n_surrogates,
+             "R": config.n_references, "local_removals": config.local_removals, **attacker_recipe,
+             "unseen": [(s.name, s.counts) for s in suspects]},
+            lambda: compare_conferrability(source, pool, (surrogates, references), unseen_models(suspects, models),
+                                           config.compare_eps, config.cem, progress))
     return OwnershipReport(config, source_acc, {m: {"n": len(q), **q.meta} for m, q in query_sets.items()},
                            suspects, auc, comparison, time.perf_counter() - started)
 
@@ -306,6 +311,17 @@ def seeded_removal(spec: str, seed: int) -> Removal:
     name, params = parse_spec(spec)
     params.setdefault("seed", seed)
     return REMOVALS.create(name, **params)
+
+
+def _cached_comparison(root: Path, recipe: dict[str, Any],
+                       build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The conferrability comparison of `recipe`: read from the cache, or built and written there."""
+    path = root / "comparisons" / f"{recipe_key(recipe)}.json"
+    if path.is_file():
+        return read_json(path)
+    rows = build()
+    write_json(path, rows)
+    return rows
 
 
 def _cached_queries(root: Path, recipe: dict[str, Any], build: Callable[[], QuerySet]) -> QuerySet:
