@@ -9,8 +9,8 @@ seeds 0 and 1 never share. Its summary is `experiments/results/ownership/validat
   stayed at AUC 1.0. A small budget leaves fewer conferrable candidates: 57 of 500 validation images pass.
 - `N_CANDIDATES` (validation images CEM and IPGuard start from): 2,000, so that about 200 pass at eps 0.1 and the
   query set fills its 100 places. CAEAcc on n queries moves by sqrt(p (1 - p) / n) from query set to query set:
-  about 7 points at 50 queries, 5 at 100. With 500 candidates (57 queries) an unseen reference of the reported
-  seed 0 reached rho exactly.
+  about 7 points at 50 queries, 5 at 100. With 500 candidates (43–57 queries) an unseen reference of the
+  reported seed 0 reached rho exactly.
 - `N_LOCAL` (local surrogates and local references CEM optimises over): 8 + 8 and 16 + 16 brought references
   down at eps 0.25 but not at 0.15, and surrogates of other kinds (a soft-label student, an adversarially trained
   copy, another architecture) made the query set transfer to independent references; 3 + 3 stays.
