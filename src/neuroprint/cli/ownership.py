@@ -63,7 +63,7 @@ def generate(
     beta: Beta = None,
     tau: Tau = settings.TAU,
     k: Annotated[float, typer.Option(help="IPGuard logit margin")] = 0.5,
-    size: Size = 100,
+    size: Size = settings.SIZE,
     n_candidates: Candidates = settings.N_CANDIDATES,
     seed: Seed = 0,
     cache_dir: CacheDir = Path("runs/cache/ownership"),
@@ -148,7 +148,7 @@ def evaluate(
     beta: Beta = None,
     tau: Tau = settings.TAU,
     rho: Annotated[float, typer.Option(help="CAEAcc threshold for the verdict counts in the table")] = settings.RHO,
-    size: Size = 100,
+    size: Size = settings.SIZE,
     n_candidates: Candidates = settings.N_CANDIDATES,
     compare_eps: Annotated[list[float] | None, typer.Option(help="also compare CEM with FGSM/PGD/CW at this eps "
                                                             "(repeatable)")] = None,

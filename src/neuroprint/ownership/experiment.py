@@ -71,7 +71,7 @@ class OwnershipConfig:
     # removal attacks the defender runs on its own source and data for further local surrogates, so that CEM's
     # examples must confer to derived models of those kinds too (none: only the n_surrogates retrained copies)
     local_removals: list[str] = field(default_factory=list)
-    size: int = 100  # ownership queries per query set
+    size: int = settings.SIZE  # ownership queries per query set
     n_candidates: int = settings.N_CANDIDATES  # validation images CEM and IPGuard start from
     tau: float = settings.TAU
     cem: CEMConfig = field(default_factory=CEMConfig.sensitivity_weights)  # paper weights: ~1% adversarial on MNIST

@@ -26,7 +26,7 @@ def generate_cem_queries(
     references: Sequence[Classifier],
     x: torch.Tensor,
     y: torch.Tensor,
-    size: int = 100,
+    size: int = settings.SIZE,
     tau: float = settings.TAU,
     config: CEMConfig | None = None,
     progress: bool = True,

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from neuroprint.checks import check_float, check_int
 from neuroprint.errors import InputError
 from neuroprint.models.classifier import Classifier, check_images, input_gradients_only
+from neuroprint.ownership import settings
 from neuroprint.ownership.queries import QuerySet
 
 
@@ -49,7 +50,7 @@ def ipguard_loss(logits: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: floa
 
 
 def generate_ipguard_queries(
-    source: Classifier, x: torch.Tensor, size: int = 100, config: IPGuardConfig | None = None, progress: bool = True
+    source: Classifier, x: torch.Tensor, size: int = settings.SIZE, config: IPGuardConfig | None = None, progress: bool = True
 ) -> QuerySet:
     """An IPGuard query set of at most `size` inputs grown from the first images of `x` `[N, C, H, W]`.
 

@@ -7,8 +7,10 @@ seeds 0 and 1 never share. Its summary is `experiments/results/ownership/validat
 - `EPS` (CEM's L-inf budget, pixel units of [0, 1] images): 0.1 kept the unseen references lowest (at most 53% of
   the query set, against 74% at 0.15, 90% at 0.25 and 97% at 0.35) while model modification and distillation
   stayed at AUC 1.0. A small budget leaves fewer conferrable candidates: 57 of 500 validation images pass.
+- `SIZE` (ownership queries kept per query set, the most conferrable first, balanced over target classes): 100,
+  held fixed throughout the validation sweep.
 - `N_CANDIDATES` (validation images CEM and IPGuard start from): 2,000, so that about 200 pass at eps 0.1 and the
-  query set fills its 100 places. CAEAcc on n queries moves by sqrt(p (1 - p) / n) from query set to query set:
+  query set fills its `SIZE` places. CAEAcc on n queries moves by sqrt(p (1 - p) / n) from query set to query set:
   about 7 points at 50 queries, 5 at 100. With 500 candidates (43–57 queries) an unseen reference of the
   reported seed 0 reached rho exactly.
 - `N_LOCAL` (local surrogates and local references CEM optimises over): 8 + 8 and 16 + 16 brought references
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 N_LOCAL = 3
 EPS = 0.1
+SIZE = 100
 N_CANDIDATES = 2000
 TAU = 0.9
 RHO = 0.65
