@@ -178,6 +178,32 @@ def test_score_ignores_padding_of_smaller_banks() -> None:
     assert fitted_by_hand().score(x).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_fingerprint_scores_per_slot_with_a_padding_mask() -> None:
+    det = fitted_by_hand(score_kind="shift")
+    x = torch.tensor([[[[0.2, 0.4], [0.6, 1.0]]], [[[0.9, 0.4], [0.5, 1.0]]]])  # classes 0 and 1
+    with torch.no_grad():
+        logits, feats = det.activations(x)
+    scores, valid = det.fingerprint_scores(logits.argmax(1), feats, torch.tensor([[0, 1], [0, 1]]))
+    assert torch.allclose(scores[0], torch.tensor([0.3, 1.6]), atol=1e-5)  # z of both fingerprints of class 0
+    assert scores[1, 0].item() == pytest.approx(0.5, rel=1e-5) and valid.tolist() == [[1, 1], [1, 0]]
+
+
+def test_a_secure_draw_is_an_unbiased_estimate_of_every_fingerprint(fitted_bank: tuple[BankDetector, torch.Tensor]) -> None:
+    det, x = fitted_bank
+    with torch.no_grad():
+        logits, feats = det.activations(x)
+    pred = logits.argmax(1)
+    every = det.fingerprint_scores(pred, feats, torch.arange(det.index_.shape[1]).expand(len(x), -1))
+    mean_every = (every[0] * every[1]).sum(1) / every[1].sum(1)
+    det.sampling = "secure"
+    try:
+        draws = torch.stack([det.fingerprint_score(pred, feats, per_fingerprint=True) for _ in range(400)])
+    finally:
+        det.sampling = "seeded"
+    assert (draws.std(0) > 0).all()  # the draw moves the score ...
+    assert torch.allclose(draws.mean(0), mean_every, atol=4 * float(draws.std(0).max()) / 20)  # ... around this mean
+
+
 @pytest.fixture(scope="module")
 def fitted_bank(tiny_classifier: Classifier, digits: DataSplits) -> tuple[BankDetector, torch.Tensor]:
     from neuroprint.attacks import build_adversarial_set, make_attack
@@ -222,6 +248,23 @@ def test_secure_draws_are_seeded_from_the_os_csprng(fitted_bank: tuple[BankDetec
     finally:
         det.sampling = "seeded"
     assert calls == [63, 63]  # one CSPRNG seed per call, none from random_state
+
+
+def test_secure_threshold_pools_draws_and_varies_less(fitted_bank: tuple[BankDetector, torch.Tensor],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import neuroprint.detectors.bank as bank_module
+
+    det, x = fitted_bank
+    assert det.calibration_scores(x).shape == (len(x),)  # seeded: one (reproducible) draw per image
+    det.sampling = "secure"
+    try:
+        assert det.calibration_scores(x).shape == (bank_module.CALIBRATION_DRAWS * len(x),)
+        pooled = torch.tensor([det.calibrate(x).threshold_ for _ in range(15)])
+        monkeypatch.setattr(bank_module, "CALIBRATION_DRAWS", 1)
+        single = torch.tensor([det.calibrate(x).threshold_ for _ in range(15)])
+    finally:
+        det.sampling = "seeded"
+    assert pooled.std() < single.std()
 
 
 def test_secret_key_bank_cannot_be_rebuilt_and_is_stored_nowhere(

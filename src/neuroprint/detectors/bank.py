@@ -64,6 +64,8 @@ from neuroprint.registry import DETECTORS
 SCORE_KINDS = tuple(SCORE_FUNCTIONS)
 SAMPLINGS = ("seeded", "secure", "all", "fixed")
 SUBSETS = ("concat", "layer")
+#: secure draws per clean image when setting the threshold (`drawn_scores`)
+CALIBRATION_DRAWS = 20
 AUTHORS = "authors"  # `layers=["authors"]` (spec `layers=authors`): the authors' rule, `authors_default_layers`
 
 
@@ -286,16 +288,41 @@ class BankDetector(Detector):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Score `[N]` for images `x` `[N, C, H, W]` in the pixel bounds (higher = more adversarial)."""
-        self._check_fitted()
-        self.classifier_.check_input(x)
-        logits, feats = self.activations(x.to(self.classifier_.device))
-        return self.score_activations(logits.cpu(), feats.cpu())
+        return self.score_activations(*self.checked_activations(x))
 
     def score_features(self, features: Features) -> torch.Tensor:
         """`score` from precomputed activations (`feature_spec`) and their logits; one call is one draw."""
+        return self.score_activations(*self.checked_feature_activations(features))
+
+    def calibration_scores(self, x_clean: torch.Tensor) -> torch.Tensor:
+        """Clean scores for the threshold (`Detector.calibrate`): with `sampling="secure"`, `CALIBRATION_DRAWS`
+        draws per image `[N * draws]` from one forward pass, else `score` `[N]`."""
+        return self.drawn_scores(*self.checked_activations(x_clean))
+
+    def calibration_scores_features(self, features: Features) -> torch.Tensor:
+        """`calibration_scores` from precomputed activations (`feature_spec`) of clean images."""
+        return self.drawn_scores(*self.checked_feature_activations(features))
+
+    def checked_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`activations` of images `x` on the CPU, after checking that the bank is fitted and `x` is valid."""
+        self._check_fitted()
+        self.classifier_.check_input(x)
+        logits, feats = self.activations(x.to(self.classifier_.device))
+        return logits.cpu(), feats.cpu()
+
+    def checked_feature_activations(self, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits `[N, K]`, concatenated activations `[N, D]`) of precomputed `features`, after checking them."""
         self._check_fitted()
         self._check_features(features, tuple(self.layers_), "features")
-        return self.score_activations(features.logits.cpu(), torch.cat([features[n] for n in self.layers_], dim=1).cpu())
+        return features.logits.cpu(), torch.cat([features[n] for n in self.layers_], dim=1).cpu()
+
+    def drawn_scores(self, logits: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """`score_activations` of logits `[N, K]` and activations `[N, D]` over `CALIBRATION_DRAWS` independent
+        draws for `sampling="secure"` (`[N * draws]`, draw-major), else once (`[N]`): the threshold is a quantile
+        of the score a single query gets, random in the image *and* in the draw, and pooling draws estimates it
+        with less noise than one draw per image."""
+        draws = CALIBRATION_DRAWS if self.sampling == "secure" else 1
+        return torch.cat([self.score_activations(logits, feats) for _ in range(draws)])
 
     def score_activations(self, logits: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Score `[N]` from logits `[N, K]` and concatenated activations `feats` `[N, D]` (from `activations`): the
@@ -318,16 +345,23 @@ class BankDetector(Detector):
         from concatenated activations `feats` `[N, D]`: the sum over the drawn fingerprints, or with
         `per_fingerprint` (and always for "vote") the mean, whose scale depends neither on `k` nor on
         `sampling="all"` (the output term normalises this mean)."""
-        feats = whiten(feats, self.whiteners_)
-        slots = self.draw(pred)  # [N, k]
-        neurons = self.index_[pred[:, None], slots].long()  # [N, k, d]
-        n, k, d = neurons.shape
-        rows = (pred[:, None], slots)
-        drawn = Drawn(feats.gather(1, neurons.view(n, k * d)).view(n, k, d).mean(-1), self.mu_clean_[rows],
-                      self.sd_clean_[rows], self.mu_adv_[rows], self.sd_adv_[rows])
-        valid = (slots < self.bank_sizes_[pred][:, None]).float()  # only "all" can reach padding
-        total = (SCORE_FUNCTIONS[self.score_kind](drawn, self.back_weight, self.z_cap) * valid).sum(1)
+        scores, valid = self.fingerprint_scores(pred, feats, self.draw(pred))
+        total = (scores * valid).sum(1)
         return total / valid.sum(1) if per_fingerprint or self.score_kind == "vote" else total
+
+    def fingerprint_scores(self, pred: torch.Tensor, feats: torch.Tensor,
+                           slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per fingerprint, the `score_kind` score `[N, m]` of bank slots `slots` `[N, m]` (as `draw` returns) of
+        the banks of predicted classes `pred` `[N]`, from concatenated activations `feats` `[N, D]`, and a float
+        mask `[N, m]` that is 0 on padding slots (a class whose bank is smaller than the widest)."""
+        feats = whiten(feats, self.whiteners_)
+        neurons = self.index_[pred[:, None], slots].long()  # [N, m, d]
+        n, m, d = neurons.shape
+        rows = (pred[:, None], slots)
+        drawn = Drawn(feats.gather(1, neurons.view(n, m * d)).view(n, m, d).mean(-1), self.mu_clean_[rows],
+                      self.sd_clean_[rows], self.mu_adv_[rows], self.sd_adv_[rows])
+        valid = (slots < self.bank_sizes_[pred][:, None]).float()
+        return SCORE_FUNCTIONS[self.score_kind](drawn, self.back_weight, self.z_cap), valid
 
     # -- persistence -------------------------------------------------------------------------------------------
     def state_dict_(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -102,13 +102,22 @@ class Detector:
         """Set `threshold_` so that a share `fpr` of the clean images `x_clean` is flagged."""
         _check_fpr(fpr)
         with torch.no_grad():
-            return self._set_threshold(self.score(x_clean), fpr)
+            return self._set_threshold(self.calibration_scores(x_clean), fpr)
 
     def calibrate_features(self, features: Features, fpr: float = 0.05) -> Detector:
         """`calibrate` from precomputed activations (as described by `feature_spec`) of clean images."""
         _check_fpr(fpr)
         with torch.no_grad():
-            return self._set_threshold(self.score_features(features), fpr)
+            return self._set_threshold(self.calibration_scores_features(features), fpr)
+
+    def calibration_scores(self, x_clean: torch.Tensor) -> torch.Tensor:
+        """The clean scores whose (1 - fpr) quantile `calibrate` takes: `score(x_clean)` `[N]`. A detector whose
+        score is random per query returns several draws per image instead (`[N * draws]`)."""
+        return self.score(x_clean)
+
+    def calibration_scores_features(self, features: Features) -> torch.Tensor:
+        """`calibration_scores` from precomputed activations (`feature_spec`) of clean images."""
+        return self.score_features(features)
 
     def _set_threshold(self, clean_scores: torch.Tensor, fpr: float) -> Detector:
         self.threshold_ = float(torch.quantile(clean_scores.double(), 1.0 - fpr))
