@@ -15,7 +15,8 @@ input**, so an attacker holding the model and the detector cannot know which fin
   (`whitening`); `max_uses` keeps a bank whose neurons are each in fewer than `max_uses` fingerprints.
 - Draws (`sampling`): "seeded" (a generator seeded with `random_state` at every call: reproducible evaluation),
   "secure" (seeded from the OS CSPRNG at every call: serving), "all" (every fingerprint: the authors' code),
-  "fixed" (the first `k` of each bank for every input: the ablation without randomisation).
+  "fixed" (the first `k` of each bank for every input: the ablation without randomisation). A "secure" bank's
+  threshold is set on `CALIBRATION_DRAWS` draws per clean image, since one query's score is random in the draw.
 - The key (`secret_key`): the candidate subsets are sampled with `random_state` (reproducible research), or with
   `secret_key=True` from a seed drawn from the OS CSPRNG at fit and kept nowhere, so that an attacker holding the
   method, the code, the model and the data cannot rebuild the bank; the saved bank is then the only copy of the
