@@ -103,10 +103,10 @@ def main() -> None:
     every.calibrate(splits.val_calib.x, fpr=FPR)
     clean = splits.val_calib.x
     calibration = {"single draw": [], f"{CALIBRATION_DRAWS} draws": []}
-    for _ in range(REPEATS):  # the threshold's spread over calibrations, one draw per image vs pooled draws
-        for name, draws in (("single draw", 1), (f"{CALIBRATION_DRAWS} draws", CALIBRATION_DRAWS)):
-            with torch.no_grad():
-                scores = torch.cat([secure.score(clean) for _ in range(draws)])
+    for _ in range(REPEATS):  # the threshold's spread over calibrations: one draw per image vs what calibrate pools
+        with torch.no_grad():
+            single, pooled = secure.score(clean), secure.calibration_scores(clean)
+        for name, scores in zip(calibration, (single, pooled), strict=True):
             calibration[name].append(float(torch.quantile(scores.double(), 1 - FPR)))
     clean_draws = draw_matrix(secure, clean, DRAWS)
     record: dict = {"seed": SEED, "steps": STEPS, "draws": DRAWS, "versions": versions(), "git": git_commit(),
