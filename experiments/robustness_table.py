@@ -10,7 +10,9 @@ cells where only part of the suite ran), with the suite's wall time per cell, in
 `experiments/results/robustness/table.md`.
 
 Run: OMP_NUM_THREADS=2 .venv/bin/python -m experiments.robustness_table [--only NAME ...] [--rerun NAME ...]
-     [--table-only]      # everything from scratch: about 7 hours on 2 CPU cores (BENCHMARKS.md)
+     [--table-only]
+Everything from scratch takes about 18 hours on 2 CPU cores, about 12 of them NeuralFP's six budgets (about 2 hours
+each; the records' `seconds`).
 """
 from __future__ import annotations
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from neuroprint.adaptive import ADAPTIVE_ATTACKS, AdaptiveAttack, detector_view, make_adaptive_attack
 from neuroprint.adaptive.orthogonal import orthogonal_to
@@ -178,12 +180,22 @@ def test_surrogates_give_gradients_for_non_differentiable_detectors(
         torch.testing.assert_close(out.check, detector.score(x.detach()), rtol=1e-4, atol=1e-4)
 
 
-def test_papers_attacks_run_under_the_common_interface(probe_classifier: Classifier, digits: DataSplits) -> None:
+def test_papers_attacks_run_under_the_common_interface(probe_classifier: Classifier, digits: DataSplits,
+                                                      tmp_path: Path) -> None:
     detector = make_detector("neuralfp").fit(probe_classifier, digits.val.x, digits.val.y).calibrate(digits.val.x)
     x, y = sources(probe_classifier, digits, 12)
     attack = make_adaptive_attack("neuralfp-cw", norm="l2", eps=2.0, steps=10, search_steps=1)
+    attack.store_inner(tmp_path / "inner.safetensors")
     result = attack(probe_classifier, detector_view(detector), x, y)
     assert float((result.x_adv - x).flatten(1).norm(dim=1).max()) <= 2.0 + 1e-5
+    assert result.image_steps == len(x) * 10
+    # the paper's output before projection does not depend on the budget: a second budget reuses it, projected
+    other = make_adaptive_attack("neuralfp-cw", norm="linf", eps=0.1, steps=10, search_steps=1)
+    other.store_inner(tmp_path / "inner.safetensors")
+    reused = other(probe_classifier, detector_view(detector), x, y)
+    stored = load_file(str(tmp_path / "inner.safetensors"))["x_adv"]
+    assert reused.image_steps == 0
+    assert torch.equal(reused.x_adv, (x + (stored - x).clamp(-0.1, 0.1)).clamp(*probe_classifier.bounds))
     with pytest.raises(ConfigError, match="applies to neuralfp only"):
         attack(probe_classifier, detector_view(fitted(probe_classifier, digits, "max")), x, y)
 
@@ -244,7 +256,6 @@ def test_success_rate_at_threshold_counts_fooled_and_unflagged() -> None:
 def test_layering_standard_attacks_and_detectors_never_import_the_layers_above() -> None:
     """Data moves one way (DESIGN.md): attacks know no detector; neither knows the adaptive package or the CLI."""
     import ast
-    from pathlib import Path
 
     import neuroprint
 

@@ -136,6 +136,8 @@ def test_robustness_reports_sr_per_attack_and_worst_case(
     for attack in maha["attacks"]:
         assert 0.0 <= attack["sr"] <= attack["fooled"] <= 1.0 and attack["n"] > 0 and len(attack["curve"]) == 20
         assert attack["sr"] <= maha["worst_case"][attack["budget"]]
+        params = attack["params"]  # the attack's own settings travel with its figures
+        assert params["steps"] == 20 and f"{params['norm']}:{params['eps']:g}" == attack["budget"]
     assert maha["no_detector"]["linf:0.3"] >= 0.9  # the budget's attack success with no detector beside it
     assert (tmp_path / "rob" / "convergence.png").stat().st_size > 0
     assert f"report: {tmp_path / 'rob' / 'report.html'}" in out and data["command"][1] == "robustness"

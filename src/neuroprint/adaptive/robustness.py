@@ -22,7 +22,8 @@ two designs can be compared image by image (`metrics.paired_difference_interval`
 to choose a design without the test set. `attacker_seed` gives the attacker its own copy of every detector, fit on
 its own validation images with its own key (`random_state`), both drawn with that seed; it attacks through its copy
 and the defender's detector judges (the threat model in which the key, not the method, is secret).
-Adaptive outputs are cached under `cache_dir`/robustness, keyed by everything that determines them. Under
+Adaptive outputs are cached under `cache_dir`/robustness, keyed by everything that determines them (a paper's
+attack's output before projection, keyed without the budget, serves every budget). Under
 torchrun (`neuroprint.distributed`) every rank fits the detectors (the main rank's threshold is shared, so all
 attack the same detector), attacks its shard of the images, and the main rank reports.
 """
@@ -43,6 +44,7 @@ from neuroprint.adaptive import make_adaptive_attack
 from neuroprint.adaptive.base import NORMS, AdaptiveAttack
 from neuroprint.adaptive.cache import cached_attack
 from neuroprint.adaptive.feature_matching import FeatureMatching
+from neuroprint.adaptive.papers import PaperAttack
 from neuroprint.adaptive.views import DetectorView, detector_view
 from neuroprint.data import DataSplits, Split, load_dataset
 from neuroprint.detectors import Detector, make_detector
@@ -148,7 +150,7 @@ class RobustnessConfig:
 @dataclass
 class AttackOutcome:
     """One attack on one detector at one budget; rates are shares of the `n` attacked images (NaN, with `error`
-    saying why, when the attack could not run)."""
+    saying why, when the attack could not run); `params` are the attack's own (eps, steps, step size, weights)."""
 
     detector: str
     budget: str
@@ -163,6 +165,7 @@ class AttackOutcome:
     ms_per_image_step: float | None = None
     curve: list[float] = field(repr=False, default_factory=list)
     error: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -302,12 +305,17 @@ def _measure_budget(config: RobustnessConfig, classifier: Classifier, judge: Det
         if isinstance(attack, FeatureMatching):
             attack.set_guides(guides.x, guides.y)
         key = _key(model_dir, outcome.detector, config, attack, sources, view.threshold)
+        if isinstance(attack, PaperAttack):  # its output before projection serves every budget
+            budget_free = {k: v for k, v in attack.params.items() if k not in ("norm", "eps")}
+            inner_key = _key(model_dir, outcome.detector, config, attack, sources, view.threshold, budget_free)
+            attack.store_inner(config.cache_dir / "robustness" / f"{attack.name}-unprojected-{inner_key}.safetensors")
         try:
             result, seconds = cached_attack(attack, classifier, view, sources, key,
                                              config.cache_dir / "robustness", config.batch_size, progress, ranks)
         except (ConfigError, InputError) as exc:  # this attack cannot run here; the others still can
             log(f"  {outcome.detector} {budget} {attack.name}: not run ({exc})")
-            outcome.attacks.append(AttackOutcome(outcome.detector, str(budget), attack.name, len(sources), error=str(exc)))
+            outcome.attacks.append(AttackOutcome(outcome.detector, str(budget), attack.name, len(sources),
+                                                 error=str(exc), params=dict(attack.params)))
             continue
         check = torch.where(result.fooled, _checks(view, result.x_adv), math.inf)
         better = check < chosen_check
@@ -317,7 +325,7 @@ def _measure_budget(config: RobustnessConfig, classifier: Classifier, judge: Det
             outcome.detector, str(budget), attack.name, len(sources), fooled, float(result.evades.double().mean()),
             float(_evasion(judge.detector, judge, result.x_adv, result.fooled).mean()), seconds, attack.params["steps"],
             attack.params["restarts"], 1000 * seconds / result.image_steps if seconds and result.image_steps else None,
-            result.curve))
+            result.curve, params=dict(attack.params)))
         outcome.no_detector[str(budget)] = max(fooled, outcome.no_detector.get(str(budget), 0.0))
         log(f"  {outcome.detector} {budget} {attack.name}: fooled {fooled:.3f}, "
             f"SR@{config.fpr:g}FPR {outcome.attacks[-1].sr:.3f} ({seconds:.0f} s)")
@@ -348,13 +356,15 @@ def _checks(view: DetectorView, x: torch.Tensor, batch_size: int = 500) -> torch
 
 
 def _key(model_dir: str, spec: str, config: RobustnessConfig, attack: AdaptiveAttack, sources: Split,
-         threshold: float) -> str:
+         threshold: float, params: dict[str, Any] | None = None) -> str:
     """The cache key of one adaptive run: everything that determines its output (a randomized detector's threshold
-    differs from run to run, so its runs are never reused)."""
+    differs from run to run, so its runs are never reused); `params` replace the attack's own where a part of the
+    run depends on fewer of them."""
     blob = json.dumps({"model": str(Path(model_dir).resolve()), "dataset": config.dataset,
                        "dataset_options": config.dataset_options, "detector": spec, "seed": config.seed,
                        "n_fit": config.n_fit, "fit_attack": config.fit_attack, "fpr": config.fpr, "eot": config.eot,
-                       "threshold": f"{threshold:.9g}", "attack": attack.name, "params": attack.params,
+                       "threshold": f"{threshold:.9g}", "attack": attack.name,
+                       "params": attack.params if params is None else params,
                        "images": hashlib.sha256(sources.x.numpy().tobytes()).hexdigest(), "labels": sources.y.tolist(),
                        "version": versions()["neuroprint"],
                        **({} if config.attacker_seed is None else {"attacker_seed": config.attacker_seed})},
