@@ -11,8 +11,8 @@ cells where only part of the suite ran), with the suite's wall time per cell, in
 
 Run: OMP_NUM_THREADS=2 .venv/bin/python -m experiments.robustness_table [--only NAME ...] [--rerun NAME ...]
      [--table-only]
-Everything from scratch takes about 18 hours on 2 CPU cores, about 12 of them NeuralFP's six budgets (about 2 hours
-each; the records' `seconds`).
+The records' `seconds` add up to about 13 hours on 2 CPU cores, about 8 of them NeuralFP's six budgets, whose L-inf
+records each ran its paper's attack (36-68 min); from scratch it runs once and every other budget reuses its output.
 """
 from __future__ import annotations
 
